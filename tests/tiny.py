@@ -56,6 +56,10 @@ def tiny_config(
         eos_token_id=2,
         pad_token_id=0,
     )
+    if arch == "phi3":  # Phi3Config's own top-level L (default 4096) wins over the rope dict
+        kwargs["original_max_position_embeddings"] = params.get(
+            "original_max_position_embeddings", max_position_embeddings
+        )
     if arch in ("mistral", "qwen2", "qwen3"):
         kwargs["sliding_window"] = None
     kwargs.update(extra)

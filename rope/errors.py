@@ -1,0 +1,13 @@
+"""Errors of the RoPE core: one line, naming the field and what was expected."""
+
+
+class RopeSpecError(ValueError):
+    """A RoPE spec or method parameter is invalid (raised before any model work)."""
+
+
+class RopeExportError(ValueError):
+    """A spec cannot be written as a stock Hugging Face config (says why and what to do)."""
+
+
+class UnsupportedArchitectureError(ValueError):
+    """``apply_rope`` was given a model whose rotary embedding we do not know how to replace."""
