@@ -123,3 +123,21 @@ def load_demo_corpus(name: str = "kjv") -> list[str]:
     if name not in DEMO_CORPORA:
         raise DataError(f"demo corpus {name!r}: unknown; expected one of {sorted(DEMO_CORPORA)}")
     return list(_load_cached(name))
+
+
+_WORD = re.compile(r"\b[a-z]{4,9}\b")
+
+
+@functools.lru_cache(maxsize=1)
+def _english_words() -> tuple[str, ...]:
+    words = {m.group(0) for doc in _load_cached("kjv") for m in _WORD.finditer(doc)}
+    return tuple(sorted(words))
+
+
+def english_words() -> list[str]:
+    """Distinct lowercase English words (4–9 letters) of the KJV, sorted.
+
+    The synthetic tasks need many distinct real words (needle keys, RULER's common-word
+    lists) without a word-list dependency; the KJV gives ~8k of them, fixed by the package.
+    """
+    return list(_english_words())
