@@ -1,0 +1,74 @@
+"""Training checkpoints: atomic, keep-last-K, resume from the newest one that loads.
+
+A checkpoint is ``checkpoints/step-<N>/`` holding accelerate's full state (model,
+optimizer, scheduler, RNG of every process — ``Accelerator.save_state``) plus
+``trainer_state.json`` (step, data position, last loss). It is written to a temp dir,
+marked ``COMPLETE`` last, then renamed into place, so a kill at any instant leaves either
+the previous checkpoint set or the new one. On resume a checkpoint without its marker, or
+one that fails to load, is reported and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split("-", 1)[1])
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(found, key=_step_of)
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict, keep: int) -> Path:
+    """Save the full training state for ``step`` atomically and prune to the newest ``keep``."""
+    target = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+        (tmp / MARKER).write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def load_latest(accelerator: Accelerator, root: Path) -> dict | None:
+    """Restore the newest loadable checkpoint; returns its trainer state, or None to start fresh."""
+    for ckpt in reversed(list_checkpoints(root)):
+        problem = None
+        if not (ckpt / MARKER).exists():
+            problem = "no completion marker"
+        else:
+            try:
+                state = json.loads((ckpt / STATE_FILE).read_text())
+                accelerator.load_state(str(ckpt))
+                return state
+            except Exception as err:  # a torn or corrupt file: fall back to the previous one
+                problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if accelerator.is_main_process:
+            tqdm.write(f"checkpoint {ckpt} is unusable ({problem}); trying the previous one")
+    return None

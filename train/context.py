@@ -1,0 +1,207 @@
+"""What every stage shares: the recipe, the output tree, the accelerator, the tokenizer, the data.
+
+Stage outputs live in ``<output_dir>/<stage name>/``: ``model/`` (weights with the BASE
+config, so any later spec can be installed on it), ``spec.json`` (the RoPE spec the stage
+produced or trained with), ``result.json``, and ``COMPLETE`` written last.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from rope import RopeSpec, from_hf_config
+from train.recipe import Recipe, produces_model, produces_spec, resolve_path
+
+ARCH_CONFIGS = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    recipe_file: Path
+    accelerator: Accelerator
+    _tokenizer: object = None
+    _documents: list[list[int]] | None = None
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.recipe.output_dir)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name
+
+    def log(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+
+    # ----- which earlier stage a stage reads ---------------------------------------------------
+    def _source(self, stage, field_name: str, produces) -> str | None:
+        ref = getattr(stage, field_name, None)
+        if ref is not None:
+            return ref
+        index = next(i for i, s in enumerate(self.recipe.stages) if s.name == stage.name)
+        earlier = [s.name for s in self.recipe.stages[:index] if produces(s)]
+        return earlier[-1] if earlier else None
+
+    def model_source(self, stage) -> str | None:
+        return self._source(stage, "model_from", produces_model)
+
+    def spec_source(self, stage) -> str | None:
+        return self._source(stage, "spec_from", produces_spec)
+
+    # ----- model, tokenizer, spec ----------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        choice = self.recipe.model.dtype
+        if choice == "auto":
+            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return getattr(torch, choice)
+
+    @property
+    def attention(self) -> str:
+        choice = self.recipe.model.attention
+        if choice == "auto":
+            return "sdpa"
+        return "flash_attention_2" if choice == "flash" else choice
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            cfg = self.recipe.tokenizer
+            if cfg.demo_vocab_size is not None:
+                from data.tokenizer import train_demo_tokenizer
+
+                with self.accelerator.main_process_first():
+                    self._tokenizer = train_demo_tokenizer(
+                        self.out / "tokenizer", vocab_size=cfg.demo_vocab_size
+                    )
+            else:
+                path = cfg.path or self.recipe.model.path
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    resolve_path(self.recipe_file, path),
+                    local_files_only=True,
+                    gguf_file=self.recipe.model.gguf_file,
+                )
+        return self._tokenizer
+
+    def load_model(self, stage) -> torch.nn.Module:
+        """The model a stage starts from: an earlier stage's output, the recipe's path, or a fresh init."""
+        source = self.model_source(stage)
+        kwargs = dict(dtype=self.dtype, attn_implementation=self.attention)
+        if source is not None:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.stage_dir(source) / "model", local_files_only=True, **kwargs
+            )
+        elif self.recipe.model.init is not None:
+            model = self._init_model(**kwargs)
+        else:
+            path = resolve_path(self.recipe_file, self.recipe.model.path)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, gguf_file=self.recipe.model.gguf_file, **kwargs
+            )
+        if self.recipe.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model
+
+    def _init_model(self, dtype, attn_implementation) -> torch.nn.Module:
+        init = self.recipe.model.init
+        tok = self.tokenizer()
+        config = AutoConfig.for_model(
+            ARCH_CONFIGS[init.architecture],
+            vocab_size=len(tok),
+            hidden_size=init.hidden_size,
+            intermediate_size=init.intermediate_size,
+            num_attention_heads=init.num_heads,
+            num_key_value_heads=init.num_kv_heads,
+            num_hidden_layers=init.num_layers,
+            head_dim=init.hidden_size // init.num_heads,
+            max_position_embeddings=init.original_length,
+            original_max_position_embeddings=init.original_length,
+            rope_parameters={"rope_type": "default", "rope_theta": init.rope_theta},
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        torch.manual_seed(self.recipe.seed)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+
+    def base_spec(self, model) -> RopeSpec:
+        """The pretrained model's own RoPE (original length L, original base)."""
+        return from_hf_config(model.config)
+
+    def spec_for(self, stage, model) -> RopeSpec:
+        source = self.spec_source(stage)
+        if source is None:
+            return self.base_spec(model)
+        return RopeSpec.from_json(self.stage_dir(source) / "spec.json")
+
+    @property
+    def original_length(self) -> int:
+        if "L" not in self._cache:
+            init = self.recipe.model.init
+            if init is not None:
+                self._cache["L"] = init.original_length
+            else:
+                self._cache["L"] = self.base_spec(self.load_model(self.recipe.stages[0])).original_length
+        return self._cache["L"]
+
+    # ----- data ----------------------------------------------------------------------------
+    def documents(self) -> list[list[int]]:
+        """Token ids of every document of the recipe's sources (tokenised once, cached on disk)."""
+        if self._documents is None:
+            import datasets
+
+            from data.sources import load_documents
+            from data.tokenize import tokenize_documents
+
+            cfg = self.recipe.data
+            parts = [load_documents(src) for src in cfg.sources]
+            ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+            cache = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
+            with self.accelerator.main_process_first():
+                tokenized = tokenize_documents(ds, self.tokenizer(), num_proc=cfg.num_proc, cache_dir=cache)
+            self._documents = [list(ids) for ids in tokenized["input_ids"]]
+        return self._documents
+
+    def training_documents(self, windows) -> list[list[int]]:
+        """Documents for a training stage: long ones whole, plus ≤ L pieces for original windows.
+
+        Short rows are packed from documents ≤ L (LongRoPE2 §3.3). When a corpus has only long
+        documents (the KJV books), they are also cut into L-token pieces so short rows exist;
+        synthetic passkey documents are mixed in at ``data.passkey_share``.
+        """
+        L, docs = self.original_length, self.documents()
+        out = list(docs)
+        if any(w.rope == "original" for w in windows) and not any(len(d) <= L for d in docs):
+            pieces = [d[i : i + L] for d in docs for i in range(0, len(d) - L // 4, L)]
+            self.log(
+                f"data: no document <= L={L}; cut {len(docs)} documents into {len(pieces)} pieces of <= {L} tokens"
+            )
+            out += pieces
+        share = self.recipe.data.passkey_share
+        if share > 0:
+            out += self._passkey_documents(L, round(share / (1 - share) * sum(len(d) <= L for d in out)))
+        return out
+
+    def _passkey_documents(self, length: int, count: int) -> list[list[int]]:
+        from data.synthetic import passkey_sample
+
+        rng = random.Random(self.recipe.seed)
+        tok = self.tokenizer()
+        docs = []
+        for i in range(count):
+            sample = passkey_sample(tok, length=rng.randint(length // 2, length), depth=rng.random(), seed=i)
+            ids = list(sample.input_ids)
+            if tok.eos_token_id is not None:
+                ids = ids[: length - 1] + [tok.eos_token_id]
+            docs.append(ids)
+        self.log(f"data: mixed in {count} synthetic passkey documents")
+        return docs

@@ -1,0 +1,243 @@
+"""Load a recipe: YAML → dotted overrides → schema → cross-stage checks, all errors at once.
+
+Errors come back as lines ``<file>: <key path>: <what was expected>`` (e.g.
+``recipes/tiny.yaml: stages[2].windows[0].length: Input should be greater than 0``), with a
+"did you mean" for unknown keys and kinds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from train.recipe import (
+    EvalStage,
+    ExportStage,
+    FinetuneStage,
+    PretrainStage,
+    ReadjustStage,
+    Recipe,
+    SearchStage,
+    produces_model,
+    produces_spec,
+    resolve_path,
+)
+
+STAGE_CLASSES: dict[str, type[BaseModel]] = {
+    "pretrain": PretrainStage,
+    "finetune": FinetuneStage,
+    "search": SearchStage,
+    "readjust": ReadjustStage,
+    "eval": EvalStage,
+    "export": ExportStage,
+}
+
+
+class RecipeError(ValueError):
+    """Every problem of a recipe, one line each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+# ----- overrides ----------------------------------------------------------------------------
+def apply_override(raw: dict, override: str, source: str) -> None:
+    """``stages.finetune.lr=1e-5`` / ``stages.2.lr=1e-5`` / ``seed=3`` (value parsed as YAML)."""
+    if "=" not in override:
+        raise RecipeError([f"{source}: override {override!r}: expected key.path=value"])
+    path, value = override.split("=", 1)
+    keys = path.split(".")
+    node: Any = raw
+    for i, key in enumerate(keys[:-1]):
+        node = _step(node, key, ".".join(keys[: i + 1]), source)
+    last = keys[-1]
+    if isinstance(node, list):
+        node = _step(node, last, path, source)  # cannot replace a whole stage by a scalar
+    node[last] = yaml.safe_load(value)
+
+
+def _step(node: Any, key: str, where: str, source: str) -> Any:
+    if isinstance(node, list):
+        if key.isdigit() and int(key) < len(node):
+            return node[int(key)]
+        named = [s for s in node if isinstance(s, dict) and s.get("name") == key]
+        if named:
+            return named[0]
+        names = [s.get("name") for s in node if isinstance(s, dict)]
+        raise RecipeError(
+            [f"{source}: override {where}: no stage named {key!r} (stages: {', '.join(map(str, names))})"]
+        )
+    if isinstance(node, dict):
+        return node.setdefault(key, {})
+    raise RecipeError([f"{source}: override {where}: cannot descend into a {type(node).__name__}"])
+
+
+# ----- schema errors ------------------------------------------------------------------------
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        args = args[:1]
+    return [m for a in args for m in _models_in(a)]
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    cls: type[BaseModel] | None = Recipe
+    for part in loc:
+        if isinstance(part, int) or cls is None:
+            continue
+        if part in STAGE_CLASSES and part not in cls.model_fields:
+            cls = STAGE_CLASSES[part]
+            continue
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        found = _models_in(field.annotation)
+        cls = found[0] if len(found) == 1 else None
+    return cls
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in STAGE_CLASSES and i > 0 and isinstance(loc[i - 1], int):
+            continue  # the discriminator tag pydantic inserts
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(err: dict) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        names = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown key{hint}" + (f" (allowed: {', '.join(names)})" if names and not close else "")
+    if err["type"] == "union_tag_invalid":
+        tag = err.get("ctx", {}).get("tag")
+        close = difflib.get_close_matches(str(tag), list(STAGE_CLASSES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"kind: unknown stage kind {tag!r}{hint} (kinds: {', '.join(STAGE_CLASSES)})"
+    if err["type"] == "union_tag_not_found":
+        return f"kind: missing (kinds: {', '.join(STAGE_CLASSES)})"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def schema_errors(error: ValidationError, source: str) -> list[str]:
+    lines = []
+    for err in error.errors():
+        path = _path(tuple(err["loc"]))
+        lines.append(f"{source}: {path}: {_message(err)}" if path else f"{source}: {_message(err)}")
+    return lines
+
+
+# ----- cross-stage checks -------------------------------------------------------------------
+def _reference_errors(recipe: Recipe, source: str) -> list[str]:
+    lines, seen = [], {}
+    for i, stage in enumerate(recipe.stages):
+        where = f"{source}: stages[{i}]"
+        if stage.name in seen:
+            lines.append(f"{where}.name: {stage.name!r} is already used by stages[{seen[stage.name]}]")
+        for field, ok in (("model_from", produces_model), ("spec_from", produces_spec)):
+            ref = getattr(stage, field, None)
+            if ref is None:
+                continue
+            later = [j for j, s in enumerate(recipe.stages) if s.name == ref and j >= i]
+            earlier = [s for s in recipe.stages[:i] if s.name == ref]
+            if later and not earlier:
+                lines.append(
+                    f"{where}.{field}: stage {ref!r} comes later (stages[{later[0]}]); a stage reads only earlier stages"
+                )
+            elif not earlier:
+                close = difflib.get_close_matches(ref, [s.name for s in recipe.stages[:i]], n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                lines.append(f"{where}.{field}: no earlier stage named {ref!r}{hint}")
+            elif not ok(earlier[-1]):
+                what = "model" if field == "model_from" else "RoPE spec"
+                lines.append(f"{where}.{field}: stage {ref!r} ({earlier[-1].kind}) produces no {what}")
+        seen.setdefault(stage.name, i)
+    return lines
+
+
+def _stage_errors(recipe: Recipe, source: str, recipe_file: Path) -> list[str]:
+    lines = []
+    L = recipe.model.init.original_length if recipe.model.init else None
+    if recipe.model.path is not None and not resolve_path(recipe_file, recipe.model.path).exists():
+        lines.append(
+            f"{source}: model.path: {recipe.model.path!r} does not exist (local paths only, no downloads)"
+        )
+    if recipe.tokenizer.path is not None and not resolve_path(recipe_file, recipe.tokenizer.path).exists():
+        lines.append(f"{source}: tokenizer.path: {recipe.tokenizer.path!r} does not exist")
+    for i, stage in enumerate(recipe.stages):
+        where = f"{source}: stages[{i}]"
+        if stage.kind == "search" and L is not None and stage.target_length <= L:
+            lines.append(
+                f"{where}.target_length: expected > L={L} (the model's original length); got {stage.target_length}"
+            )
+        if stage.kind == "readjust" and L is not None and stage.target_length > L:
+            lines.append(
+                f"{where}.target_length: readjustment targets a short length <= L={L}; got {stage.target_length}"
+            )
+        if hasattr(stage, "windows"):
+            total = sum(w.share for w in stage.windows)
+            if abs(total - 1.0) > 1e-6:
+                lines.append(f"{where}.windows: shares must sum to 1, got {total:g}")
+            for j, w in enumerate(stage.windows):
+                if stage.kind == "pretrain" and w.rope == "rescaled":
+                    lines.append(f"{where}.windows[{j}].rope: pretrain trains the original RoPE only")
+                if L is not None and w.rope == "rescaled" and w.length <= L:
+                    lines.append(f"{where}.windows[{j}].length: a rescaled window must be longer than L={L}")
+    return lines
+
+
+def _plugin_errors(recipe: Recipe, source: str) -> list[str]:
+    """Stage kinds / algorithms whose machinery is not installed are rejected here."""
+    from train.stages import STAGES, stage_unavailable
+
+    lines = []
+    for i, stage in enumerate(recipe.stages):
+        reason = stage_unavailable(stage) if stage.kind in STAGES else f"kind {stage.kind!r} has no runner"
+        if reason:
+            lines.append(f"{source}: stages[{i}]: {reason}")
+    return lines
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Parse, override, validate. Raises :class:`RecipeError` with every problem found."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError([f"{source}: no such recipe file"]) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError([f"{source}:{where}: not valid YAML ({getattr(err, 'problem', err)})"]) from None
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{source}: expected a mapping at the top level, got {type(raw).__name__}"])
+    for override in overrides:
+        apply_override(raw, override, source)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(schema_errors(err, source)) from None
+    lines = (
+        _reference_errors(recipe, source)
+        + _stage_errors(recipe, source, path)
+        + _plugin_errors(recipe, source)
+    )
+    if lines:
+        raise RecipeError(lines)
+    return recipe

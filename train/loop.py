@@ -1,0 +1,148 @@
+"""The one training loop (accelerate): mixed context windows, per-batch factor set, resumable.
+
+Read top to bottom: optimizer + schedule → resume → for each optimizer step, accumulate
+micro-batches (each tells the rotary which factor set its rows use: LongRoPE2 §3.3, short
+rows keep the original RoPE, long rows the rescaled one) → clip → step → log → checkpoint.
+Under N processes rank r takes global micro-batches r, r+N, …, so the data position is one
+integer and a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from data.packing import attention_mask_4d
+from rope import set_factor_set
+from train.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from train.recipe import TrainStage
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    losses: list[float]
+    tokens: int
+    seconds: float
+    resumed_from: int | None
+
+
+def _scheduler(cfg: TrainStage, optimizer):
+    name = {"cosine": "cosine_with_min_lr", "linear": "linear", "constant": "constant_with_warmup"}[
+        cfg.schedule
+    ]
+    extra = {"min_lr_rate": cfg.min_lr_ratio} if cfg.schedule == "cosine" else None
+    return get_scheduler(name, optimizer, cfg.warmup_steps, cfg.steps, scheduler_specific_kwargs=extra)
+
+
+def model_inputs(batch: dict, use_flash: bool) -> dict:
+    """What the model's forward needs: packed rows with documents kept apart."""
+    inputs = {k: batch[k] for k in ("input_ids", "labels", "position_ids")}
+    if not use_flash:  # SDPA / eager: explicit block-diagonal causal mask  [batch, 1, seq, seq]
+        inputs["attention_mask"] = attention_mask_4d(batch["doc_ids"], dtype=torch.bool)
+    return inputs  # flash: transformers detects packed documents from restarting position_ids
+
+
+def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, accelerator: Accelerator):
+    """This rank's share of the global micro-batch stream, starting at global index ``start``."""
+    for index, batch in enumerate(batches_from(start), start=start):
+        if index % accelerator.num_processes == accelerator.process_index:
+            yield batch
+
+
+def _log(metrics_file: Path, record: dict, accelerator: Accelerator) -> None:
+    if accelerator.is_main_process:
+        with metrics_file.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        accelerator.log(record, step=record["step"])
+
+
+def _truncate_metrics(metrics_file: Path, step: int) -> None:
+    """On resume drop records after the restored step, so the log never repeats a step."""
+    if metrics_file.exists():
+        keep = [line for line in metrics_file.read_text().splitlines() if json.loads(line)["step"] <= step]
+        metrics_file.write_text("".join(line + "\n" for line in keep))
+
+
+def train_loop(
+    model: torch.nn.Module,
+    batches_from: Callable[[int], Iterator[dict]],
+    cfg: TrainStage,
+    stage_dir: Path,
+    accelerator: Accelerator,
+    use_flash: bool = False,
+) -> TrainResult:
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
+    scheduler = _scheduler(cfg, optimizer)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ckpt_root, metrics_file = stage_dir / "checkpoints", stage_dir / "metrics.jsonl"
+    state = load_latest(accelerator, ckpt_root)
+    step = state["step"] if state else 0
+    losses: list[float] = state["losses"] if state else []
+    tokens = state["tokens"] if state else 0
+    resumed_from = step if state else None
+    if state and accelerator.is_main_process:
+        _truncate_metrics(metrics_file, step)
+    per_step = cfg.grad_accum * accelerator.num_processes
+    stream = _own_batches(batches_from, step * per_step, accelerator)
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=stage_dir.name, disable=not accelerator.is_main_process)
+    started, run_tokens = time.perf_counter(), 0
+    last_good = (list_checkpoints(ckpt_root) or [None])[-1]
+    while step < cfg.steps:
+        step_loss, step_tokens = 0.0, 0
+        for micro in range(cfg.grad_accum):
+            batch = next(stream)
+            set_factor_set(accelerator.unwrap_model(model), batch["row_kind"])
+            inputs = {k: v.to(accelerator.device) for k, v in model_inputs(batch, use_flash).items()}
+            sync = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                loss = model(**inputs).loss
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{stage_dir.name}: loss is {loss.item()} at step {step + 1} (row kind {batch['row_kind']}); "
+                        f"stopped. Last good checkpoint: {last_good or 'none'}. Lower lr or check the data."
+                    )
+                accelerator.backward(loss / cfg.grad_accum)
+            step_loss += loss.item() / cfg.grad_accum
+            step_tokens += int(batch["input_ids"].numel())
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(step_loss)
+        tokens += step_tokens * accelerator.num_processes
+        run_tokens += step_tokens * accelerator.num_processes
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{run_tokens / (time.perf_counter() - started):.0f}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            _log(
+                metrics_file,
+                {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens": tokens},
+                accelerator,
+            )
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            state = {"losses": losses, "tokens": tokens, "data_position": step * per_step}
+            last_good = save_checkpoint(accelerator, ckpt_root, step, state, cfg.keep_checkpoints)
+    bar.close()
+    model.eval()
+    final = losses[-1] if losses else math.nan
+    return TrainResult(cfg.steps, final, losses, tokens, time.perf_counter() - started, resumed_from)

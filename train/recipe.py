@@ -1,0 +1,187 @@
+"""The recipe schema: one YAML file describes the whole chain, validated before any model loads.
+
+Strict (pydantic v2, ``extra="forbid"``): unknown keys are errors with a "did you mean"
+suggestion, every error names the file and key path (``stages[2].windows[0].length``), and
+all errors are reported at once. Cross-field rules (a stage reading a later stage, a target
+≤ L, a missing file) are checked here too, so a typo never costs a GPU-hour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelInit(Strict):
+    """A Llama-family architecture to train from scratch (the tiny recipe's own base model)."""
+
+    architecture: Literal["llama", "mistral", "qwen2", "qwen3", "phi3"] = "llama"
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    rope_theta: float = Field(10_000.0, gt=1)
+    original_length: int = Field(256, gt=0)
+    """L: the length the base model is pretrained at."""
+
+
+class ModelCfg(Strict):
+    path: str | None = None
+    """Local directory of a transformers checkpoint (no hub downloads at run time)."""
+    gguf_file: str | None = None
+    """A GGUF file inside ``path`` (e.g. SmolLM2 shipped in a pip package)."""
+    init: ModelInit | None = None
+    """Build a fresh model from this architecture instead of loading ``path``."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 on CUDA, float32 on CPU."""
+    attention: Literal["auto", "flash", "sdpa", "eager"] = "auto"
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelCfg:
+        if (self.path is None) == (self.init is None):
+            raise ValueError("set exactly one of model.path (load) or model.init (train from scratch)")
+        return self
+
+
+class TokenizerCfg(Strict):
+    path: str | None = None
+    """Local tokenizer directory; default: the model's path."""
+    demo_vocab_size: int | None = Field(None, gt=255)
+    """Train the demo byte-level BPE on the demo corpus with this vocabulary (tiny recipe)."""
+
+
+class DataCfg(Strict):
+    sources: list[dict[str, Any]] = Field(min_length=1)
+    """Each passed to ``data.sources.load_documents`` (kinds: hf, local, demo)."""
+    num_proc: int = Field(1, ge=1)
+    cache_dir: str | None = None
+    """Tokenisation cache; default ``<output_dir>/cache``."""
+    passkey_share: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of synthetic passkey documents mixed in (so a base model learns to retrieve)."""
+
+
+class WindowCfg(Strict):
+    length: int = Field(gt=0)
+    share: float = Field(gt=0.0, le=1.0)
+    rope: Literal["original", "rescaled"]
+    """original: short documents (≤ L) with the short/original factors; rescaled: long ones."""
+
+
+class TrainStage(Strict):
+    name: str
+    model_from: str | None = None
+    """Stage whose model this one starts from; default: the latest earlier model-producing stage."""
+    steps: int = Field(gt=0)
+    micro_batch_size: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every: int = Field(10, gt=0)
+    windows: list[WindowCfg] = Field(min_length=1)
+
+
+class PretrainStage(TrainStage):
+    """Train the base model at its original length L with the default RoPE."""
+
+    kind: Literal["pretrain"]
+
+
+class FinetuneStage(TrainStage):
+    """Mixed-context-window fine-tuning (LongRoPE2 §3.3) with a searched spec."""
+
+    kind: Literal["finetune"]
+    spec_from: str | None = None
+    """Stage whose RoPE spec to train with; default: the latest earlier spec-producing stage."""
+
+
+class SearchStage(Strict):
+    kind: Literal["search"]
+    name: str
+    model_from: str | None = None
+    spec_from: str | None = None
+    """An earlier spec to warm-start from (progressive extension / DCIS historical factors)."""
+    algorithm: str = "longrope2"
+    target_length: int = Field(gt=0)
+    objective: Literal["ppl", "needle_ppl"] = "needle_ppl"
+    num_samples: int = Field(4, gt=0)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """Algorithm parameters (population, iterations, ranges...) — validated by the algorithm."""
+
+
+class ReadjustStage(SearchStage):
+    """Short-context readjustment (LongRoPE §3.3): search ``short_factor`` at a length ≤ L."""
+
+    kind: Literal["readjust"]
+    algorithm: str = "evolution"
+    objective: Literal["ppl", "needle_ppl"] = "ppl"
+
+
+class EvalStage(Strict):
+    kind: Literal["eval"]
+    name: str
+    model_from: str | None = None
+    spec_from: str | None = None
+    tasks: list[Literal["ppl", "passkey", "niah", "ruler"]] = ["ppl", "passkey"]
+    lengths: list[int] = Field(min_length=1)
+    baselines: list[Literal["pi", "ntk", "yarn", "base"]] = ["pi", "yarn"]
+    """RoPE baselines evaluated beside the stage's own spec, at the spec's target length."""
+    num_samples: int = Field(4, gt=0)
+    depths: list[float] = [0.1, 0.5, 0.9]
+
+
+class ExportStage(Strict):
+    kind: Literal["export"]
+    name: str
+    model_from: str | None = None
+    spec_from: str | None = None
+
+
+Stage = Annotated[
+    PretrainStage | FinetuneStage | SearchStage | ReadjustStage | EvalStage | ExportStage,
+    Field(discriminator="kind"),
+]
+
+
+class Recipe(Strict):
+    name: str
+    output_dir: str
+    seed: int = 0
+    model: ModelCfg
+    tokenizer: TokenizerCfg = TokenizerCfg()
+    data: DataCfg
+    stages: list[Stage] = Field(min_length=1)
+
+
+def produces_model(stage) -> bool:
+    return stage.kind in ("pretrain", "finetune")
+
+
+def produces_spec(stage) -> bool:
+    return stage.kind in ("search", "readjust", "finetune")
+
+
+def stage_paths(stage) -> list[str]:
+    return [f for f in ("model_from", "spec_from") if getattr(stage, f, None) is not None]
+
+
+def resolve_path(recipe_file: Path, value: str) -> Path:
+    """Relative paths in a recipe are relative to the current directory, then to the recipe."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return recipe_file.parent / p

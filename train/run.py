@@ -1,0 +1,143 @@
+"""Run a recipe: ``accelerate launch train/run.py recipes/tiny.yaml [key.path=value ...]``.
+
+Loads and validates the whole recipe first (all errors at once, each naming the file and key
+path), then runs its stages in order. A stage with a completion marker is skipped; an
+interrupted one resumes from its last checkpoint. ``--dry-run`` prints the resolved recipe
+and the plan and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml
+
+from train.load import RecipeError, load_recipe
+from train.recipe import Recipe
+
+MARKER = "COMPLETE"
+DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def describe_plan(recipe: Recipe) -> list[str]:
+    """One line per stage: what it reads, what it does, what it writes."""
+    from train.context import RunContext
+
+    ctx = RunContext.__new__(RunContext)
+    ctx.recipe = recipe
+    lines = []
+    for i, stage in enumerate(recipe.stages):
+        reads = []
+        if stage.kind not in ("pretrain",) and hasattr(stage, "model_from"):
+            reads.append(f"model←{RunContext.model_source(ctx, stage) or 'recipe model'}")
+        if hasattr(stage, "spec_from"):
+            reads.append(f"spec←{RunContext.spec_source(ctx, stage) or 'base RoPE'}")
+        what = stage.kind
+        if hasattr(stage, "steps"):
+            longest = max(w.length for w in stage.windows)
+            tokens = stage.steps * stage.grad_accum * stage.micro_batch_size * longest
+            what += f" {stage.steps} steps, ≤{tokens:,} tokens/process, windows {[(w.length, w.share, w.rope) for w in stage.windows]}"
+        if hasattr(stage, "target_length"):
+            what += f" {stage.algorithm} → L'={stage.target_length} ({stage.objective})"
+        if stage.kind == "eval":
+            what += f" {stage.tasks} at {stage.lengths} + baselines {stage.baselines}"
+        out = Path(recipe.output_dir) / stage.name
+        lines.append(f"[{i}] {stage.name}: {what}; reads {', '.join(reads) or 'nothing'}; writes {out}/")
+    return lines
+
+
+def make_accelerator(project_dir: str | None = None):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # Without CUDA, accelerate leaves the backend unset and every rank believes it is rank 0 of 1.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = (
+        [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    )
+    log_with = "tensorboard" if _has("tensorboard") else None
+    return Accelerator(kwargs_handlers=handlers, log_with=log_with, project_dir=project_dir)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def run(recipe: Recipe, recipe_file: Path) -> dict:
+    from train.context import RunContext
+    from train.stages import STAGES
+
+    accelerator = make_accelerator(str(Path(recipe.output_dir) / "tensorboard"))
+    ctx = RunContext(recipe, recipe_file, accelerator)
+    if accelerator.log_with:
+        accelerator.init_trackers(recipe.name, config={"seed": recipe.seed})
+    results = {}
+    for stage in recipe.stages:
+        stage_dir = ctx.stage_dir(stage.name)
+        if (stage_dir / MARKER).exists():
+            ctx.log(f"[{stage.name}] complete, skipped")
+            results[stage.name] = json.loads((stage_dir / "result.json").read_text())
+            continue
+        ctx.log(f"[{stage.name}] {stage.kind} …")
+        if accelerator.is_main_process:
+            write_json(stage_dir / "config.json", stage.model_dump(mode="json"))
+        started = time.perf_counter()
+        result = STAGES[stage.kind](stage, ctx)
+        result["wall_seconds"] = round(time.perf_counter() - started, 2)
+        if accelerator.is_main_process:
+            write_json(stage_dir / "result.json", result)
+            (stage_dir / MARKER).write_text("ok\n")
+        accelerator.wait_for_everyone()
+        results[stage.name] = result
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a longctx recipe (search → fine-tune → eval → export).")
+    parser.add_argument(
+        "recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: recipes/tiny.yaml)"
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.finetune.lr=1e-5 seed=3")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved recipe and the plan, then exit"
+    )
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        for line in err.lines:
+            print(line, file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        print("plan:")
+        print("\n".join(describe_plan(recipe)))
+        return 0
+    run(recipe, Path(args.recipe))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
