@@ -198,10 +198,9 @@ class RunContext:
         tok = self.tokenizer()
         docs = []
         for i in range(count):
-            sample = passkey_sample(tok, length=rng.randint(length // 2, length), depth=rng.random(), seed=i)
-            ids = list(sample.input_ids)
-            if tok.eos_token_id is not None:
-                ids = ids[: length - 1] + [tok.eos_token_id]
-            docs.append(ids)
+            # one token short of the length, so the EOS never cuts the answer off
+            sample = passkey_sample(tok, length=rng.randint(length // 2, length - 1), depth=rng.random(), seed=i)
+            eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+            docs.append([*sample.input_ids, *eos])
         self.log(f"data: mixed in {count} synthetic passkey documents")
         return docs
