@@ -18,6 +18,7 @@ exactly without touching tokens it skips.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ from typing import Literal
 
 from data.errors import DataError
 from data.packing import PackingStats, build_row, collate_rows, plan_rows
+
+logger = logging.getLogger(__name__)
 
 ROPE_KINDS = ("original", "rescaled")
 SHARE_OF = ("tokens", "rows")
@@ -100,6 +103,7 @@ class MixedWindowSampler:
         lengths = _lengths(docs_tokens)
         self.eligible = [self._eligible(i, w, lengths) for i, w in enumerate(self.windows)]
         self.lengths = lengths
+        _report_unused(lengths, self.eligible)
         self.stats = [PackingStats() for _ in self.windows]
         self._start = 0
 
@@ -193,6 +197,17 @@ class MixedWindowSampler:
                 f"sampler state: saved with {found}; expected {expected} (same seed and windows to resume)"
             )
         self._start = int(state["sample_index"])
+
+
+def _report_unused(lengths: list[int], eligible: list[list[int]]) -> None:
+    """Documents no window can take (e.g. long ones without a rescaled window) are counted."""
+    used = set().union(*map(set, eligible))
+    unused = [n for d, n in enumerate(lengths) if d not in used]
+    if unused:
+        logger.warning(
+            "mixed windows: %d of %d documents (%d tokens) fit no window and are not used",
+            len(unused), len(lengths), sum(unused),
+        )  # fmt: skip
 
 
 def _lengths(docs_tokens) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections import Counter
 
@@ -107,6 +108,13 @@ def test_ranks_split_the_global_stream(docs):
     r0 = _take(MixedWindowSampler(docs, WINDOWS, L, 2, seed=4, rank=0, world_size=2), 5)
     r1 = _take(MixedWindowSampler(docs, WINDOWS, L, 2, seed=4, rank=1, world_size=2), 5)
     assert _same(full[0::2], r0) and _same(full[1::2], r1)
+
+
+def test_documents_no_window_takes_are_counted(docs, caplog):
+    with caplog.at_level(logging.WARNING, logger="data.mixed"):
+        MixedWindowSampler(docs, [Window(256, 1.0, "original")], L, 1, 0)
+    n_long = sum(len(d) > L for d in docs)
+    assert f"{n_long} of {len(docs)} documents" in caplog.text and "fit no window" in caplog.text
 
 
 def test_bad_windows_and_state_are_clear_errors(docs):

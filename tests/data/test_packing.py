@@ -133,6 +133,7 @@ def test_packed_logits_equal_each_document_alone(kjv_lists, demo_tokenizer, rout
         _check_against_alone(model, batch, rows, logits)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_block_mask_matches_dense_mask(kjv_lists):
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
     from data.packing import flex_block_mask
