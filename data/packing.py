@@ -14,8 +14,11 @@ apart:
 - flex attention: :func:`flex_block_mask`, a ``BlockMask`` with the same rule.
 
 transformers ≥ 5 also derives the same block-diagonal mask from ``position_ids`` alone
-(``find_packed_sequence_indices``) when no ``attention_mask`` is given; the tests check
-all three routes against running each document alone.
+(``find_packed_sequence_indices``), but ONLY with no ``attention_mask`` and no KV cache:
+with the default ``use_cache=True`` (also in train mode) it silently lets documents see
+each other. Its flash path detects packing only for batch size 1 — hence
+:func:`flash_varlen_kwargs` flattens the batch. The tests check every route against
+running each document alone.
 """
 
 from __future__ import annotations
@@ -227,7 +230,8 @@ def attention_mask_4d(doc_ids: torch.Tensor, dtype: torch.dtype = torch.float32)
 
     transformers 5 passes a 4D mask to the attention function unchanged; eager attention
     ADDS it to the scores, so the default is additive float (0 = attend, dtype min = not);
-    ``dtype=torch.bool`` gives True = attend, which SDPA also accepts. Memory is
+    ``dtype=torch.bool`` gives True = attend, for SDPA ONLY: eager attention adds a bool
+    mask as 0/1 and so masks nothing (measured: packed logits off by ~0.4). Memory is
     batch·seq² — for CPU and tests; on GPU use :func:`flash_varlen_kwargs`.
     """
     seq = doc_ids.shape[-1]
