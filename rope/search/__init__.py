@@ -1,0 +1,55 @@
+"""Factor search: LongRoPE evolution, LongRoPE2 critical-dim search, DCIS, DPE group scales.
+
+Every algorithm is a plain function ``run(ctx, config)`` written against a
+``score(specs) -> list[float]`` callable (lower is better), so it is tested on synthetic
+objectives without a model; ``eval.scorer.build_scorer`` builds the real one from a model
+and samples (DESIGN.md: ``rope`` imports no other package). :func:`run_search` adds the
+evaluation cache, invalid-candidate rejection, resumable state, rank splitting, the JSONL
+log and the progress plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rope.search.dcis import DCISConfig, run_dcis
+from rope.search.evolution import EvolutionConfig, baseline_factors, run_evolution
+from rope.search.longrope2 import LongRoPE2Config, run_longrope2
+from rope.search.runner import SearchResult, readjust, run_search, to_spec
+from rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError
+
+
+@dataclass(frozen=True)
+class SearchAlgorithm:
+    name: str
+    config: type
+    """Dataclass of the algorithm's parameters (paper defaults)."""
+    run: Callable
+    """``run(ctx, config)``: asks ``ctx.evaluate``, checkpoints per generation / round."""
+    default_objective: str
+    """Scorer objective the paper uses: "ppl" or "needle_ppl" (``eval.scorer.OBJECTIVES``)."""
+
+
+SEARCH_ALGORITHMS: dict[str, SearchAlgorithm] = {
+    "evolution": SearchAlgorithm("evolution", EvolutionConfig, run_evolution, "ppl"),
+    "longrope2": SearchAlgorithm("longrope2", LongRoPE2Config, run_longrope2, "needle_ppl"),
+    "dcis": SearchAlgorithm("dcis", DCISConfig, run_dcis, "ppl"),
+}
+
+__all__ = [
+    "GRID",
+    "SEARCH_ALGORITHMS",
+    "Candidate",
+    "DCISConfig",
+    "EvolutionConfig",
+    "FactorSpace",
+    "LongRoPE2Config",
+    "SearchAlgorithm",
+    "SearchConfigError",
+    "SearchResult",
+    "baseline_factors",
+    "readjust",
+    "run_search",
+    "to_spec",
+]

@@ -1,0 +1,132 @@
+"""LongRoPE2 search (Shang et al., arXiv 2502.20082 §3.2): critical dimension + evolution.
+
+Pairs below the critical dimension completed full periods during pretraining and are
+only NTK-shaped (``λ_i = λ_{d_rcd}^(i/d_rcd)``, :func:`rope.longrope2.ntk_fill`); the pairs
+at and above it are searched in ``[s, 2s]``, strictly increasing, by LongRoPE's evolution
+(population 64, 40 iterations, p = 0.3; :mod:`rope.search.evolution`). The initial
+population spans candidate critical dims — from the pair with 10 periods within L up to the
+theoretical ``d_tcd`` — each with ``λ[d_rcd:]`` at a random ``s' ∈ [s, 2s]``; a candidate
+keeps its critical dim for life, so selection picks the critical dim as well (the paper
+finds the real one below ``d_tcd``: 30 vs 35 for LLaMA3-8B).
+
+Strictly increasing versus "set λ[d_rcd:] = s'": a constant block is not strictly
+increasing, so the seed is the smallest strictly increasing grid vector starting at s'
+(``s' + 0.01·j``). The default objective is needle-driven perplexity (``needle_ppl``;
+plain-PPL search cost 3.35 RULER-128k points in the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rope.longrope2 import long_factor_from_upper, theoretical_critical_dim
+from rope.search.evolution import Operators, evolve
+from rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError, check_int, check_prob, snap
+
+SEED_STREAM = 1_000_000
+"""Generation number of the seed draws (distinct from the initial mutants' stream 0)."""
+
+if TYPE_CHECKING:
+    from rope.search.runner import SearchContext
+    from rope.spec import RopeSpec
+
+
+@dataclass(frozen=True)
+class LongRoPE2Config:
+    population: int = 64
+    """Population size (METHODS.md §LongRoPE2: 64)."""
+    generations: int = 40
+    """Iterations (paper: 40)."""
+    parents: int = 32
+    """Top candidates kept each generation (LongRoPE's Algorithm 1: 32)."""
+    mutants: int = 16
+    """Mutated children per generation (LongRoPE: 16)."""
+    crossovers: int = 16
+    """Crossover children per generation (LongRoPE: 16)."""
+    mutation_prob: float = 0.3
+    """Per-pair resampling probability (paper: 0.3)."""
+    crossover_prob: float = 0.15
+    """Per-pair probability of taking the second parent's factor (LongRoPE: 0.15)."""
+    critical_dim: int | None = None
+    """Fixed d_rcd in pairs; None spans the initial population over candidate critical dims."""
+    init_min_periods: float = 10.0
+    """Smallest candidate critical dim: the pair whose period fits this many times in L (paper: 10)."""
+    min_ratio: float = 1.0
+    """Searched λ lower bound as a multiple of s (paper: s)."""
+    max_ratio: float = 2.0
+    """Searched λ upper bound as a multiple of s (paper: 2s)."""
+    max_crossover_tries: int = 20
+    """Failed crossovers before a mutant replaces the child (LongRoPE: 20)."""
+    max_mutation_tries: int = 100
+    """Bound on mutation retries for one novel valid child."""
+
+    def validate(self, template: RopeSpec, field: str = "long_factor") -> None:
+        if field != "long_factor":
+            raise SearchConfigError("longrope2: field: the critical-dimension search is for long_factor only")
+        for name, minimum in (("population", 1), ("generations", 0), ("parents", 2), ("mutants", 0)):
+            check_int(f"longrope2.{name}", getattr(self, name), minimum)
+        check_int("longrope2.crossovers", self.crossovers, 0)
+        if self.population < self.parents:
+            raise SearchConfigError(
+                f"longrope2.population: {self.population} is smaller than parents={self.parents}; "
+                "expected population >= parents"
+            )
+        check_prob("longrope2.mutation_prob", self.mutation_prob)
+        check_prob("longrope2.crossover_prob", self.crossover_prob)
+        n = template.geometry.n_pairs
+        for rcd in self.critical_dims(template):
+            if not 1 <= rcd < n:
+                raise SearchConfigError(f"longrope2.critical_dim: expected 1..{n - 1}, got {rcd}")
+            space = self.space(template)
+            space.make_monotone([space.low] * n, rcd)  # raises when the range cannot hold them
+
+    def space(self, template: RopeSpec) -> FactorSpace:
+        s = template.scale
+        return FactorSpace(template.geometry.n_pairs, self.min_ratio * s, self.max_ratio * s, "increasing")
+
+    def critical_dims(self, template: RopeSpec) -> list[int]:
+        """Candidate critical dims of the initial population (one when ``critical_dim`` is set)."""
+        if self.critical_dim is not None:
+            return [self.critical_dim]
+        g = template.geometry
+        tcd = theoretical_critical_dim(g.base, g.rotary_dim, g.original_length)
+        low = math.ceil(
+            g.n_pairs * math.log(g.original_length / (self.init_min_periods * 2 * math.pi)) / math.log(g.base)
+        )
+        tcd = min(max(tcd, 1), g.n_pairs - 1)
+        return list(range(min(max(low, 1), tcd), tcd + 1))
+
+
+def _finish(space: FactorSpace):
+    def finish(parent: Candidate, factors: list[float], n_hat: int) -> Candidate:
+        rcd = parent.critical_dim
+        return Candidate(tuple(long_factor_from_upper(factors[rcd:], rcd)), 0, rcd)
+
+    return finish
+
+
+def initial_seeds(ctx: SearchContext, cfg: LongRoPE2Config, space: FactorSpace) -> list[Candidate]:
+    """Per candidate critical dim (round robin): λ[d_rcd:] = s' + 0.01·j, s' ∈ [s, 2s] on the grid."""
+    rng = ctx.rng(SEED_STREAM)
+    dims = cfg.critical_dims(ctx.template)
+    n = ctx.n_pairs
+    seeds: dict[tuple, Candidate] = {}
+    for k in range(cfg.population * 4):
+        if len(seeds) == cfg.population:
+            break
+        rcd = dims[k % len(dims)]
+        top = snap(space.high - GRID * (n - rcd - 1))
+        s_prime = space.resample_between(rng, None, None)
+        s_prime = min(s_prime, top)
+        upper = [snap(s_prime + GRID * j) for j in range(n - rcd)]
+        cand = Candidate(tuple(long_factor_from_upper(upper, rcd)), 0, rcd)
+        seeds.setdefault(cand.key, cand)
+    return list(seeds.values())
+
+
+def run_longrope2(ctx: SearchContext, cfg: LongRoPE2Config) -> None:
+    space = cfg.space(ctx.template)
+    ops = Operators(space, (0,), start=lambda c: c.critical_dim, finish=_finish(space))
+    evolve(ctx, cfg, ops, initial_seeds(ctx, cfg, space))
