@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -70,5 +71,5 @@ def load_latest(accelerator: Accelerator, root: Path) -> dict | None:
             except Exception as err:  # a torn or corrupt file: fall back to the previous one
                 problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         if accelerator.is_main_process:
-            tqdm.write(f"checkpoint {ckpt} is unusable ({problem}); trying the previous one")
+            tqdm.write(f"checkpoint {ckpt} is unusable ({problem}); trying the previous one", file=sys.stderr)
     return None

@@ -8,6 +8,7 @@ produced or trained with), ``result.json``, and ``COMPLETE`` written last.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class RunContext:
 
     def log(self, message: str) -> None:
         if self.accelerator.is_main_process:
-            tqdm.write(message)
+            tqdm.write(message, file=sys.stderr)
 
     # ----- which earlier stage a stage reads ---------------------------------------------------
     def _source(self, stage, field_name: str, produces) -> str | None:
@@ -199,7 +200,9 @@ class RunContext:
         docs = []
         for i in range(count):
             # one token short of the length, so the EOS never cuts the answer off
-            sample = passkey_sample(tok, length=rng.randint(length // 2, length - 1), depth=rng.random(), seed=i)
+            sample = passkey_sample(
+                tok, length=rng.randint(length // 2, length - 1), depth=rng.random(), seed=i
+            )
             eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
             docs.append([*sample.input_ids, *eos])
         self.log(f"data: mixed in {count} synthetic passkey documents")

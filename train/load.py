@@ -38,6 +38,25 @@ STAGE_CLASSES: dict[str, type[BaseModel]] = {
 }
 
 
+# names LLaMA-Factory / axolotl / HF Trainer users type, and ours
+KEY_ALIASES = {
+    "learning_rate": "lr",
+    "max_steps": "steps",
+    "num_steps": "steps",
+    "per_device_train_batch_size": "micro_batch_size",
+    "batch_size": "micro_batch_size",
+    "micro_batch": "micro_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "gradient_accumulation": "grad_accum",
+    "warmup": "warmup_steps",
+    "lr_scheduler_type": "schedule",
+    "max_grad_norm_clip": "max_grad_norm",
+    "save_steps": "checkpoint_every",
+    "save_total_limit": "keep_checkpoints",
+    "logging_steps": "log_every",
+}
+
+
 class RecipeError(ValueError):
     """Every problem of a recipe, one line each."""
 
@@ -91,11 +110,13 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     cls: type[BaseModel] | None = Recipe
     for part in loc:
-        if isinstance(part, int) or cls is None:
+        if isinstance(part, int):
             continue
-        if part in STAGE_CLASSES and part not in cls.model_fields:
-            cls = STAGE_CLASSES[part]
+        if part in STAGE_CLASSES and (cls is None or part not in cls.model_fields):
+            cls = STAGE_CLASSES[part]  # the discriminator tag of a stage
             continue
+        if cls is None:
+            return None
         field = cls.model_fields.get(part)
         if field is None:
             return None
@@ -121,7 +142,8 @@ def _message(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         names = list(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        alias = KEY_ALIASES.get(str(loc[-1]))
+        close = [alias] if alias in names else difflib.get_close_matches(str(loc[-1]), names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unknown key{hint}" + (f" (allowed: {', '.join(names)})" if names and not close else "")
     if err["type"] == "union_tag_invalid":

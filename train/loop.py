@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from data.packing import attention_mask_4d
+from data.packing import attention_mask_4d, flash_varlen_kwargs
 from rope import set_factor_set
 from train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from train.recipe import TrainStage
@@ -51,11 +51,18 @@ def _scheduler(cfg: TrainStage, optimizer):
 
 
 def model_inputs(batch: dict, use_flash: bool) -> dict:
-    """What the model's forward needs: packed rows with documents kept apart."""
+    """What the model's forward needs: packed rows with documents kept apart.
+
+    flash: the batch flattened to one sequence with ``cu_seq_lens`` (varlen kernels); SDPA /
+    eager: an ADDITIVE float block-diagonal causal mask (eager adds the mask to the scores, so
+    a bool mask would block nothing). ``use_cache=False``: with a cache transformers no
+    longer derives document boundaries, and training needs none.
+    """
+    if use_flash:
+        return {**flash_varlen_kwargs(batch), "use_cache": False}
     inputs = {k: batch[k] for k in ("input_ids", "labels", "position_ids")}
-    if not use_flash:  # SDPA / eager: explicit block-diagonal causal mask  [batch, 1, seq, seq]
-        inputs["attention_mask"] = attention_mask_4d(batch["doc_ids"], dtype=torch.bool)
-    return inputs  # flash: transformers detects packed documents from restarting position_ids
+    inputs["attention_mask"] = attention_mask_4d(batch["doc_ids"])  # [batch, 1, seq, seq]
+    return {**inputs, "use_cache": False}
 
 
 def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, accelerator: Accelerator):
@@ -111,7 +118,10 @@ def train_loop(
         for micro in range(cfg.grad_accum):
             batch = next(stream)
             set_factor_set(accelerator.unwrap_model(model), batch["row_kind"])
-            inputs = {k: v.to(accelerator.device) for k, v in model_inputs(batch, use_flash).items()}
+            inputs = {
+                k: v.to(accelerator.device) if torch.is_tensor(v) else v
+                for k, v in model_inputs(batch, use_flash).items()
+            }
             sync = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 loss = model(**inputs).loss

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved recipe and the plan, then exit"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as err:

@@ -1,0 +1,97 @@
+"""The real CLI on CPU: a tiny chain runs, losses go down, a SIGKILLed run resumes to the same
+weights, a corrupt last checkpoint is skipped, completed stages are not rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from .conftest import write_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(recipe: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train" / "run.py"), str(recipe), *extra],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _weights(stage_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(stage_dir / "model" / "model.safetensors")
+
+
+def test_chain_runs_losses_fall_and_export_loads_stock(tmp_path, tiny_corpus):
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_corpus, out)
+    _run(recipe)
+    result = json.loads((out / "base" / "result.json").read_text())
+    metrics = [json.loads(line) for line in (out / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    first, last = sum(m["loss"] for m in metrics[:3]) / 3, sum(m["loss"] for m in metrics[-3:]) / 3
+    assert last < first - 0.3, (first, last)
+    assert result["final_loss"] == metrics[-1]["loss"]
+    assert (out / "base" / "COMPLETE").exists() and (out / "export" / "COMPLETE").exists()
+    assert [p.name for p in (out / "base" / "checkpoints").iterdir()] == ["step-12", "step-8"] or sorted(
+        p.name for p in (out / "base" / "checkpoints").iterdir()
+    ) == ["step-12", "step-8"]
+    model = AutoModelForCausalLM.from_pretrained(out / "export" / "model", local_files_only=True)
+    assert model.config.rope_parameters["rope_type"] == "default"
+    # rerun: every stage is complete and skipped
+    again = _run(recipe)
+    assert "[base] complete, skipped" in again.stderr + again.stdout
+
+
+def test_sigkill_during_training_resumes_to_identical_weights(tmp_path, tiny_corpus):
+    full = write_recipe(tmp_path / "full.yaml", tiny_corpus, tmp_path / "full")
+    _run(full)
+    killed = write_recipe(tmp_path / "killed.yaml", tiny_corpus, tmp_path / "killed")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train" / "run.py"), str(killed)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    marker = tmp_path / "killed" / "base" / "checkpoints" / "step-8" / "COMPLETE"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not (tmp_path / "killed" / "base" / "COMPLETE").exists()
+    resumed = _run(killed)
+    result = json.loads((tmp_path / "killed" / "base" / "result.json").read_text())
+    assert result["resumed_from_step"] == 8, resumed.stderr[-2000:]
+    a, b = _weights(tmp_path / "full" / "base"), _weights(tmp_path / "killed" / "base")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    full_losses = json.loads((tmp_path / "full" / "base" / "result.json").read_text())["final_loss"]
+    assert result["final_loss"] == full_losses
+
+
+def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, tiny_corpus):
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_corpus, out)
+    _run(recipe, "stages.base.steps=8")
+    stage = out / "base"
+    for name in ("COMPLETE", "result.json"):
+        (stage / name).unlink()
+    for path in (stage / "checkpoints" / "step-8").glob("*.safetensors"):
+        path.write_bytes(b"garbage")
+    proc = _run(recipe, "stages.base.steps=10")
+    assert "step-8 is unusable" in proc.stderr
+    result = json.loads((stage / "result.json").read_text())
+    assert result["resumed_from_step"] == 4 and result["steps"] == 10
