@@ -48,7 +48,7 @@ class Distributed:
 
             # ENVIRONMENT.md trap: without CUDA accelerate leaves the backend unset and
             # every rank believes it is rank 0 of 1; force gloo.
-            kwargs = {} if torch.cuda.is_available() else {"backend": "gloo"}
+            kwargs = {} if torch.cuda.is_available() else {"cpu": True, "backend": "gloo"}
             self.state = PartialState(**kwargs)
 
     @property

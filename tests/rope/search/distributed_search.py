@@ -1,0 +1,49 @@
+"""Run by test_distributed under ``accelerate launch`` (and in-process): a tiny-model search.
+
+Usage: ``python distributed_search.py OUT.json`` — rank 0 writes the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+from eval.scorer import build_scorer
+from rope import RopeSpec
+from rope.search import DCISConfig, EvolutionConfig, run_search
+from tests.tiny import tiny_config, tiny_model
+
+L = 32
+CONFIGS = {
+    "evolution": EvolutionConfig(population=6, generations=2, parents=4, mutants=2, crossovers=2),
+    "dcis": DCISConfig(rounds=1, increments=2),
+}
+
+
+def search_all() -> dict:
+    torch.set_num_threads(1)
+    model = tiny_model(tiny_config("llama", max_position_embeddings=L, num_layers=1))
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, 128, (4 * L,), generator=g).tolist() for _ in range(2)]
+    template = RopeSpec(
+        "longrope", base=10_000.0, head_dim=16, original_length=L, target_length=4 * L, long_factor=[1.0] * 8
+    )
+    out, forwards = {}, 0
+    for alg, cfg in CONFIGS.items():
+        scorer = build_scorer(model, rows)
+        result = run_search(alg, template, scorer, cfg, seed=0, progress=False)
+        out[alg] = {"scores": result.scores, "spec": result.spec.to_dict()}
+        forwards += scorer.forwards
+    return out, forwards
+
+
+if __name__ == "__main__":
+    results, forwards = search_all()
+    results["forwards_on_rank0"] = forwards
+    results["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(sys.argv[1], "w") as fh:
+            json.dump(results, fh)
