@@ -61,8 +61,19 @@ def model_inputs(batch: dict, use_flash: bool) -> dict:
     if use_flash:
         return {**flash_varlen_kwargs(batch), "use_cache": False}
     inputs = {k: batch[k] for k in ("input_ids", "labels", "position_ids")}
-    inputs["attention_mask"] = attention_mask_4d(batch["doc_ids"])  # [batch, 1, seq, seq]
+    if not _one_document_per_row(batch["doc_ids"]):
+        inputs["attention_mask"] = attention_mask_4d(batch["doc_ids"])  # [batch, 1, seq, seq]
     return {**inputs, "use_cache": False}
+
+
+def _one_document_per_row(doc_ids: torch.Tensor) -> bool:
+    """Rows of one document (+ trailing padding) need only the causal mask: SDPA's fast path.
+
+    Padding comes last and is never a label, so under causal attention no real token sees it.
+    """
+    real = doc_ids >= 0  # [batch, seq]; padding is PAD_DOC_ID = -1
+    first = doc_ids[:, :1]
+    return bool(((doc_ids == first) | ~real).all()) and bool(real[:, 0].all())
 
 
 def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, accelerator: Accelerator):

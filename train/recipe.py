@@ -119,8 +119,15 @@ class SearchStage(Strict):
     target_length: int = Field(gt=0)
     objective: Literal["ppl", "needle_ppl"] = "needle_ppl"
     num_samples: int = Field(4, gt=0)
+    """Documents (ppl) or needle samples (needle_ppl) the objective averages over (paper: 5 / 10)."""
+    needle_depths: list[float] = [0.2, 0.5, 0.8]
+    """Depths of the needles in each needle-driven sample (LongRoPE2 §3.2)."""
+    max_evaluations: int | None = Field(None, gt=0)
+    """Stop after this many distinct candidates (the best so far is kept)."""
+    abandon_margin: float | None = Field(None, ge=0)
+    """Stop scoring a candidate once its running perplexity exceeds the cut by this fraction."""
     settings: dict[str, Any] = Field(default_factory=dict)
-    """Algorithm parameters (population, iterations, ranges...) — validated by the algorithm."""
+    """Algorithm parameters (population, generations, ranges...) — validated by the algorithm."""
 
 
 class ReadjustStage(SearchStage):
@@ -129,6 +136,8 @@ class ReadjustStage(SearchStage):
     kind: Literal["readjust"]
     algorithm: str = "evolution"
     objective: Literal["ppl", "needle_ppl"] = "ppl"
+    max_factor: float = Field(2.0, ge=1.0)
+    """Largest short factor (LongRoPE §3.3: "a smaller maximum λ")."""
 
 
 class EvalStage(Strict):

@@ -97,10 +97,85 @@ def run_export(stage, ctx: RunContext) -> dict:
     return {"path": str(out), "spec": spec.to_dict()}
 
 
+def _search_samples(ctx: RunContext, stage, tokenizer) -> list:
+    """Long documents truncated to the target (ppl) or needle-driven samples built in them."""
+    from data.synthetic import needle_ppl_sample
+    from eval.perplexity import truncated_rows
+
+    length = stage.target_length
+    long_docs = [d for d in ctx.documents() if len(d) >= length]
+    if len(long_docs) < stage.num_samples:
+        lengths = sorted((len(d) for d in ctx.documents()), reverse=True)[:5]
+        raise ValueError(
+            f"{stage.name}: {stage.objective} at {length} tokens needs {stage.num_samples} documents of >= {length} "
+            f"tokens; found {len(long_docs)} (longest: {lengths}); add longer sources or lower num_samples"
+        )
+    if stage.objective == "ppl":
+        return truncated_rows(long_docs, length, bos_id=tokenizer.bos_token_id, max_docs=stage.num_samples)
+    return [
+        needle_ppl_sample(tokenizer, doc, length, stage.needle_depths, seed=ctx.recipe.seed + i)
+        for i, doc in enumerate(long_docs[: stage.num_samples])
+    ]
+
+
+def _search(stage, ctx: RunContext, field: str) -> dict:
+    from eval.scorer import build_scorer
+    from rope.search import readjust, run_search
+
+    model = ctx.load_model(stage).eval()
+    previous = ctx.spec_for(stage, model)
+    stage_dir = ctx.stage_dir(stage.name)
+    kwargs = dict(
+        config=stage.settings or None,
+        out_dir=stage_dir / "search",
+        seed=ctx.recipe.seed,
+        max_evaluations=stage.max_evaluations,
+        progress=ctx.accelerator.is_main_process,
+    )
+    samples = _search_samples(ctx, stage, ctx.tokenizer())
+    apply_rope(model, previous)
+    kind = "long" if field == "long_factor" else "short"
+    scorer = build_scorer(
+        model, samples, stage.objective, factor_set=kind, abandon_margin=stage.abandon_margin
+    )
+    if field == "long_factor":
+        # run_search turns a non-longrope template into all-one factors with the same geometry
+        result = run_search(
+            stage.algorithm, previous.replace(target_length=stage.target_length), scorer, **kwargs
+        )
+    else:
+        result = readjust(
+            stage.algorithm, previous, scorer, stage.target_length, max_factor=stage.max_factor, **kwargs
+        )
+    if ctx.accelerator.is_main_process:
+        result.spec.to_json(stage_dir / "spec.json")
+    ctx.accelerator.wait_for_everyone()
+    return {
+        "score": result.score,
+        "objective": stage.objective,
+        "evaluations": result.evaluations,
+        "rejected": result.rejected,
+        "spec": result.spec.to_dict(),
+    }
+
+
+def run_search_stage(stage, ctx: RunContext) -> dict:
+    """Search ``long_factor`` at ``target_length`` (LongRoPE / LongRoPE2 / DCIS), warm-started
+    from the latest earlier spec when there is one (progressive extension)."""
+    return _search(stage, ctx, "long_factor")
+
+
+def run_readjust(stage, ctx: RunContext) -> dict:
+    """Search ``short_factor`` at a length <= L on the final model (LongRoPE §3.3)."""
+    return _search(stage, ctx, "short_factor")
+
+
 STAGES: dict[str, Callable[..., dict]] = {
     "pretrain": run_pretrain,
     "finetune": run_finetune,
     "export": run_export,
+    "search": run_search_stage,
+    "readjust": run_readjust,
 }
 
 
@@ -110,4 +185,12 @@ def stage_unavailable(stage) -> str | None:
         return f"kind {stage.kind!r}: its machinery has not landed in this version (available: {', '.join(STAGES)})"
     if stage.kind in ("pretrain", "finetune") and importlib.util.find_spec("data.mixed") is None:
         return f"kind {stage.kind!r}: data.mixed (mixed-window sampler) is not installed"
+    if stage.kind in ("search", "readjust"):
+        from rope.search.runner import _resolve_config
+        from rope.search.space import SearchConfigError
+
+        try:
+            _resolve_config(stage.algorithm, stage.settings or None)
+        except (SearchConfigError, TypeError) as err:
+            return f"settings: {err}"
     return None

@@ -25,3 +25,12 @@ def test_packed_row_logits_equal_each_document_alone(attn):
             alone = model(input_ids=torch.tensor([doc])).logits[0]
             torch.testing.assert_close(packed[start : start + len(doc)], alone, rtol=1e-5, atol=1e-5)
             start += len(doc)
+
+
+def test_single_document_rows_use_the_causal_fast_path():
+    docs = [list(range(3, 40)), list(range(3, 50))]
+    rows = list(pack_documents(docs, row_length=64, pad_id=0, overflow="pad"))
+    batch = collate_rows(rows)
+    assert "attention_mask" not in model_inputs(batch, use_flash=False)
+    mixed = collate_rows(list(pack_documents([docs[0][:20], docs[1][:20]], row_length=64, pad_id=0)))
+    assert "attention_mask" in model_inputs(mixed, use_flash=False)
