@@ -25,13 +25,12 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.samples import IGNORE_INDEX, SyntheticSample
 
-LOGITS_BUDGET = 2**25
-"""Default logits elements per chunk (128 MiB in float32): 1024 positions of a 32k vocab."""
+LOGITS_BUDGET = 2**24
+"""Default logits elements per chunk (64 MiB in float32): 512 positions of a 32k vocab."""
 
 TokenRow = Sequence[int] | torch.Tensor | SyntheticSample
 
@@ -61,18 +60,40 @@ def _labels_of(row: TokenRow, mask) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, labels
 
 
+def _chunk_logits(head, hidden: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """float32 logits [n, vocab] of ``hidden`` [n, hidden], written into ``buf`` when possible.
+
+    A bias-free ``nn.Linear`` head in float32 writes straight into the reused buffer, so the
+    chunks cost no fresh allocation (and no page faults); other heads are called as modules.
+    """
+    n = hidden.shape[0]
+    if isinstance(head, torch.nn.Linear) and head.bias is None and head.weight.dtype == torch.float32:
+        return torch.matmul(hidden, head.weight.t(), out=buf[:n])
+    return buf[:n].copy_(head(hidden))
+
+
 def _head_nll(model, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Per-position NLL [n] (float32) of ``targets`` [n] given final hidden states [n, hidden]."""
+    """Per-position NLL [n] (float32) of ``targets`` [n] given final hidden states [n, hidden].
+
+    Cross-entropy in place on one reused float32 buffer: ``logsumexp(z) - z[target]`` with the
+    row max subtracted first (what ``F.cross_entropy`` computes, without its log-softmax copy).
+    """
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    out = torch.empty(targets.numel(), dtype=torch.float32, device=hidden.device)
-    for start in range(0, targets.numel(), chunk_size):
-        stop = start + chunk_size
-        logits = head(hidden[start:stop]).float()  # [chunk, vocab]
+    n_total = targets.numel()
+    out = torch.empty(n_total, dtype=torch.float32, device=hidden.device)
+    buf = torch.empty(
+        min(chunk_size, n_total), head.weight.shape[0], dtype=torch.float32, device=hidden.device
+    )
+    for start in range(0, n_total, chunk_size):
+        stop = min(start + chunk_size, n_total)
+        logits = _chunk_logits(head, hidden[start:stop], buf)  # [chunk, vocab] float32
         if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        out[start:stop] = F.cross_entropy(logits, targets[start:stop], reduction="none")
-        del logits
+            logits.div_(softcap).tanh_().mul_(softcap)
+        picked = logits.gather(1, targets[start:stop, None]).squeeze(1)  # [chunk]
+        peak = logits.amax(dim=1, keepdim=True)  # [chunk, 1]
+        lse = logits.sub_(peak).exp_().sum(dim=1).log_().add_(peak.squeeze(1))  # [chunk]
+        out[start:stop] = lse - picked
     return out
 
 

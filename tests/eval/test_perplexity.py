@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import eval.perplexity
 from data.samples import IGNORE_INDEX, SyntheticSample
 from eval.perplexity import (
     iter_nll,
@@ -75,20 +76,35 @@ def test_synthetic_sample_counts_only_answer_tokens(model):
     assert math.exp(nll / n) == pytest.approx(_naive_ppl(model, [ids], [labels]), rel=1e-4)
 
 
-def test_head_sees_only_chunks_and_counted_positions(model):
+def test_head_sees_only_chunks_and_counted_positions(model, monkeypatch):
     seen = []
-    hook = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
-    try:
-        rows = _rows([100], seed=3)
-        perplexity(model, rows, chunk_size=32)
-        assert seen == [(32, 128), (32, 128), (32, 128), (3, 128)]
-        seen.clear()
-        mask = torch.zeros(100, dtype=torch.bool)
-        mask[[10, 50, 99]] = True
-        perplexity(model, rows, loss_mask=[mask], chunk_size=32)
-        assert seen == [(3, 128)]
-    finally:
-        hook.remove()
+    real = eval.perplexity._chunk_logits
+
+    def spy(head, hidden, buf):
+        seen.append(tuple(hidden.shape))
+        return real(head, hidden, buf)
+
+    monkeypatch.setattr(eval.perplexity, "_chunk_logits", spy)
+    rows = _rows([100], seed=3)
+    perplexity(model, rows, chunk_size=32)
+    assert seen == [(32, 64), (32, 64), (32, 64), (3, 64)]  # 99 predicted positions
+    seen.clear()
+    mask = torch.zeros(100, dtype=torch.bool)
+    mask[[10, 50, 99]] = True
+    perplexity(model, rows, loss_mask=[mask], chunk_size=32)
+    assert seen == [(3, 64)]
+
+
+def test_head_module_path_with_bias():
+    """A head that is not a bias-free float32 Linear is called as a module, same result."""
+    m = tiny_model(tiny_config("llama", vocab_size=128, max_position_embeddings=L))
+    head = torch.nn.Linear(64, 128, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(m.lm_head.weight)
+        head.bias.normal_()
+    m.lm_head = head
+    rows = _rows([40, 70], seed=6)
+    assert perplexity(m, rows, chunk_size=16) == pytest.approx(_naive_ppl(m, rows), rel=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["phi3", "qwen3"])

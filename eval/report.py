@@ -1,0 +1,190 @@
+"""One report writer: ``results.json`` (atomic), ``report.md`` tables and PNG plots.
+
+Results layout (plain dicts; JSON turns integer keys into strings, so readers here accept both)::
+
+    {"lengths": [...], "runs": [{"name", "model", "spec", "tasks": {task: result}}]}
+
+where ``result`` is what the ``eval.tasks.EVAL_TASKS`` function returned: ``ppl`` →
+``{"by_length": {n: {"ppl", ...}}}``; ``passkey`` → ``eval.passkey.score_passkey``; ``niah`` →
+``eval.niah.score_niah``; ``ruler`` → ``eval.ruler.score_ruler``; ``short`` →
+``eval.short_tasks.short_task_scores``. Plots: perplexity vs length (one line per run), passkey
+accuracy by length, RULER average by length, one NIAH heatmap per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:
+    """Write ``data`` as JSON to a temp file in the same directory, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safe_name(name: str) -> str:
+    """File-name-safe form of a run name (``niah_<name>.png``)."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "run"
+
+
+def _by_num(mapping: dict) -> list[tuple[float, object]]:
+    """Items of a ``{length or depth: value}`` dict with numeric keys, sorted."""
+    return sorted((float(k), v) for k, v in mapping.items())
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+SERIES = {
+    "ppl": ("Perplexity", "by_length", lambda v: v["ppl"], 2),
+    "passkey": ("Passkey accuracy (%)", "by_length", lambda v: v, 1),
+    "ruler": ("RULER average (%)", "average", lambda v: v, 1),
+}
+"""Per-length tasks: (title, key of the per-length mapping, value of one entry, decimals)."""
+
+
+def _series(results: dict, task: str) -> dict[str, dict[float, float | None]]:
+    """``{run name: {length: value}}`` for the runs that have ``task``."""
+    _, key, extract, _ = SERIES[task]
+    return {
+        run["name"]: {n: extract(v) for n, v in _by_num(run["tasks"][task][key])}
+        for run in results["runs"]
+        if task in run["tasks"]
+    }
+
+
+def _length_table(title: str, series: dict, digits: int) -> list[str]:
+    lengths = sorted({n for s in series.values() for n in s})
+    lines = [f"## {title}", "", "| run | " + " | ".join(_num(n) for n in lengths) + " |"]
+    lines.append("|---|" + "---:|" * len(lengths))
+    for name, s in series.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(s.get(n), digits) for n in lengths) + " |")
+    return [*lines, ""]
+
+
+def _niah_tables(results: dict) -> list[str]:
+    lines = []
+    for run in results["runs"]:
+        grid = run["tasks"].get("niah")
+        if not grid:
+            continue
+        lines += [f"## NIAH — {run['name']} (average {_fmt(grid['average'], 1)}%)", ""]
+        lines.append("| depth \\ length | " + " | ".join(_num(n) for n in grid["lengths"]) + " |")
+        lines.append("|---|" + "---:|" * len(grid["lengths"]))
+        for depth, row in zip(grid["depths"], grid["scores"]):
+            lines.append(f"| {_num(float(depth))} | " + " | ".join(_fmt(v, 0) for v in row) + " |")
+        lines.append("")
+    return lines
+
+
+def _short_table(results: dict) -> list[str]:
+    rows = [(r["name"], r["tasks"]["short"]) for r in results["runs"] if "short" in r["tasks"]]
+    if not rows:
+        return []
+    metrics = sorted({(t, m) for _, res in rows for t, ms in res["scores"].items() for m in ms})
+    lines = ["## Short tasks (lm-evaluation-harness)", ""]
+    lines.append("| run | " + " | ".join(f"{t} {m}" for t, m in metrics) + " |")
+    lines.append("|---|" + "---:|" * len(metrics))
+    for name, res in rows:
+        lines.append(f"| {name} | " + " | ".join(_fmt(res["scores"][t].get(m), 4) for t, m in metrics) + " |")
+    return [*lines, ""]
+
+
+def markdown_report(results: dict) -> str:
+    """The markdown tables of every task present in ``results``."""
+    lines = ["# Evaluation report", ""]
+    for run in results["runs"]:
+        lines.append(
+            f"- **{run['name']}**: model `{run['model']}`"
+            + (f", spec `{run['spec']}`" if run.get("spec") else "")
+        )
+    lines.append("")
+    for task, (title, _, _, digits) in SERIES.items():
+        series = _series(results, task)
+        if series:
+            lines += _length_table(title, series, digits)
+    lines += _niah_tables(results) + _short_table(results)
+    return "\n".join(lines)
+
+
+def _line_plot(series: dict, title: str, path: Path, *, log_y: bool = False) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in series.items():
+        points = [(n, v) for n, v in sorted(s.items()) if v is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def niah_heatmap(grid: dict, title: str, path: str | os.PathLike) -> Path:
+    """Heatmap of a ``score_niah`` grid: depth (rows) × length (columns), 0–100 %."""
+    scores = [[float("nan") if v is None else v for v in row] for row in grid["scores"]]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(grid["lengths"]), 1.2 + 0.45 * len(grid["depths"])))
+    image = ax.imshow(scores, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(grid["lengths"])), [_num(float(n)) for n in grid["lengths"]])
+    ax.set_yticks(range(len(grid["depths"])), [f"{float(d):.0%}" for d in grid["depths"]])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="score (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(results: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``results.json``, ``report.md`` and the PNGs for the tasks present; return paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = json.loads(json.dumps(results, default=str))  # one key form (str) everywhere
+    written = [write_json_atomic(results, out / "results.json")]
+    md = out / "report.md"
+    md.write_text(markdown_report(results) + "\n")
+    written.append(md)
+    for task, (title, *_) in SERIES.items():
+        series = _series(results, task)
+        if series:
+            written.append(_line_plot(series, title, out / f"{task}.png", log_y=task == "ppl"))
+    for run in results["runs"]:
+        if run["tasks"].get("niah"):
+            written.append(
+                niah_heatmap(
+                    run["tasks"]["niah"], f"NIAH — {run['name']}", out / f"niah_{safe_name(run['name'])}.png"
+                )
+            )
+    return written

@@ -1,0 +1,128 @@
+"""The evaluation task registry: ``EVAL_TASKS[name](model, tokenizer, settings) -> dict``.
+
+Each task builds its inputs (documents or ``data.synthetic`` samples, seeded), runs one
+scorer of this package and returns plain dicts that ``eval.report`` tabulates and plots:
+
+- ``ppl``: perplexity per length (``eval.perplexity``; LongRoPE arXiv 2402.13753 §4.1 protocol);
+- ``passkey``: passkey accuracy per length × depth (LongRoPE §4.2);
+- ``niah``: needle-in-a-haystack grid (RULER ``niah_single``, arXiv 2404.06654);
+- ``ruler``: RULER-style tasks per length, plus QA when ``qa_data`` is given;
+- ``short``: short-task retention through lm-evaluation-harness.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.niah import niah_eval, niah_samples
+from eval.passkey import passkey_eval, passkey_samples
+from eval.perplexity import perplexity_at_lengths
+from eval.ruler import qa_samples, ruler_eval, ruler_samples
+
+DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class EvalSettings:
+    """What every task needs; the CLI fills it from its flags, a recipe stage from its config."""
+
+    lengths: list[int]
+    """Context lengths (tokens) evaluated by every length-based task."""
+    depths: list[float] = field(default_factory=lambda: list(DEFAULT_DEPTHS))
+    """Relative needle depths for passkey and NIAH (0 = start, 1 = end)."""
+    samples: int = 1
+    """Samples per (length, depth) cell (passkey, NIAH) or per (task, length) (RULER)."""
+    seed: int = 0
+    ppl_data: str = "kjv"
+    """Perplexity documents: a ``data.corpus`` demo corpus name, a .txt/.jsonl file or a folder of .txt."""
+    ppl_docs: int = 5
+    """Documents per length (LongRoPE's search uses 5; its evaluation more)."""
+    ppl_mode: str = "truncate"
+    ppl_stride: int = 256
+    chunk_size: int | None = None
+    ruler_tasks: list[str] | None = None
+    """RULER tasks (default: every key of ``data.synthetic.RULER_TASKS``)."""
+    qa_data: str | None = None
+    """Local QA jsonl (``question``, ``answers``, ``context`` per line) for RULER's ``qa`` task."""
+    max_new_tokens: int | None = None
+    """Cap on generated tokens (RULER budgets are 30–128)."""
+    short_tasks: list = field(default_factory=list)
+    num_fewshot: int | None = None
+    short_limit: int | float | None = None
+    progress: bool = True
+
+
+def read_documents(source: str) -> list[str]:
+    """Texts of a demo corpus name, a .txt file, a .jsonl file (``text`` field) or a folder of .txt."""
+    path = Path(source)
+    if path.is_dir():
+        return [p.read_text(encoding="utf-8", errors="replace") for p in sorted(path.glob("*.txt"))]
+    if path.suffix == ".jsonl" and path.is_file():
+        return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    if path.is_file():
+        return [path.read_text(encoding="utf-8", errors="replace")]
+    from data.corpus import DEMO_CORPORA, load_demo_corpus
+
+    if source not in DEMO_CORPORA:
+        raise FileNotFoundError(
+            f"--ppl-data {source!r}: not a file or folder, nor a demo corpus ({', '.join(sorted(DEMO_CORPORA))})"
+        )
+    return load_demo_corpus(source)
+
+
+def run_ppl(model, tokenizer, s: EvalSettings) -> dict:
+    docs = [tokenizer.encode(t, add_special_tokens=False) for t in read_documents(s.ppl_data)]
+    by_length = perplexity_at_lengths(
+        model,
+        docs,
+        s.lengths,
+        bos_id=getattr(tokenizer, "bos_token_id", None),
+        mode=s.ppl_mode,
+        stride=s.ppl_stride,
+        max_docs=s.ppl_docs,
+        chunk_size=s.chunk_size,
+        progress=s.progress,
+    )
+    return {"mode": s.ppl_mode, "data": s.ppl_data, "by_length": by_length}
+
+
+def run_passkey(model, tokenizer, s: EvalSettings) -> dict:
+    samples = passkey_samples(tokenizer, s.lengths, s.depths, per_cell=s.samples, seed=s.seed)
+    return passkey_eval(model, tokenizer, samples, max_new_tokens=s.max_new_tokens or 10, progress=s.progress)
+
+
+def run_niah(model, tokenizer, s: EvalSettings) -> dict:
+    samples = niah_samples(tokenizer, s.lengths, s.depths, per_cell=s.samples, seed=s.seed)
+    return niah_eval(model, tokenizer, samples, max_new_tokens=s.max_new_tokens or 32, progress=s.progress)
+
+
+def run_ruler(model, tokenizer, s: EvalSettings) -> dict:
+    from data.synthetic import RULER_TASKS
+
+    tasks = s.ruler_tasks or list(RULER_TASKS)
+    samples = ruler_samples(tokenizer, tasks, s.lengths, per_cell=s.samples, seed=s.seed)
+    if s.qa_data:
+        records = [json.loads(line) for line in Path(s.qa_data).read_text().splitlines() if line.strip()]
+        samples += qa_samples(tokenizer, records, s.lengths, n=s.samples, seed=s.seed)
+    return ruler_eval(model, tokenizer, samples, max_new_tokens=s.max_new_tokens, progress=s.progress)
+
+
+def run_short(model, tokenizer, s: EvalSettings) -> dict:
+    from eval.short_tasks import short_task_scores
+
+    if not s.short_tasks:
+        raise ValueError("task 'short': no short tasks given; expected --short-tasks NAME[,PATH.yaml...]")
+    return short_task_scores(model, tokenizer, s.short_tasks, num_fewshot=s.num_fewshot, limit=s.short_limit)
+
+
+EVAL_TASKS: dict[str, Callable[..., dict]] = {
+    "ppl": run_ppl,
+    "passkey": run_passkey,
+    "niah": run_niah,
+    "ruler": run_ruler,
+    "short": run_short,
+}
+"""Task name → ``fn(model, tokenizer, settings: EvalSettings) -> dict`` (plain, JSON-ready)."""

@@ -1,0 +1,132 @@
+"""Report files (JSON, markdown, valid PNGs) and the ``python -m eval`` CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import pytest
+
+from eval.__main__ import main
+from eval.models import load_model_for_eval
+from eval.report import markdown_report, write_report
+from tests.tiny import tiny_config, tiny_model
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)  # decodes the whole file: a truncated PNG fails here
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+RESULTS = {
+    "lengths": [256, 512],
+    "runs": [
+        {
+            "name": "pi",
+            "model": "m",
+            "spec": "pi.json",
+            "tasks": {
+                "ppl": {"by_length": {256: {"ppl": 12.5}, 512: {"ppl": 30.25}}},
+                "passkey": {"by_length": {256: 100.0, 512: 50.0}},
+                "niah": {
+                    "lengths": [256, 512],
+                    "depths": [0.0, 1.0],
+                    "scores": [[100.0, None], [0.0, 50.0]],
+                    "average": 50.0,
+                },
+                "ruler": {"average": {256: 80.0, 512: 40.0}, "tasks": {}},
+                "short": {"scores": {"mmlu": {"acc": 0.61234}}, "num_fewshot": {"mmlu": 5}},
+            },
+        },
+        {
+            "name": "yarn/β=32",
+            "model": "m",
+            "spec": None,
+            "tasks": {"ppl": {"by_length": {"256": {"ppl": 9.0}, "512": {"ppl": None}}}},
+        },
+    ],
+}
+
+
+def test_write_report_files(tmp_path):
+    written = {p.name for p in write_report(RESULTS, tmp_path)}
+    assert written == {"results.json", "report.md", "ppl.png", "passkey.png", "ruler.png", "niah_pi.png"}
+    for name in ("ppl.png", "passkey.png", "ruler.png", "niah_pi.png"):
+        _assert_png(tmp_path / name)
+    back = json.loads((tmp_path / "results.json").read_text())
+    assert back["runs"][0]["tasks"]["ppl"]["by_length"]["512"]["ppl"] == 30.25
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
+
+
+def test_markdown_tables():
+    md = markdown_report(json.loads(json.dumps(RESULTS)))
+    assert "| run | 256 | 512 |" in md
+    assert "| pi | 12.50 | 30.25 |" in md and "| yarn/β=32 | 9.00 | – |" in md
+    assert "| pi | 100.0 | 50.0 |" in md  # passkey
+    assert "| 0 | 100 | – |" in md and "| 1 | 0 | 50 |" in md  # NIAH grid rows by depth
+    assert "| pi | 0.6123 |" in md  # short tasks
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from tests.eval.conftest import char_tokenizer
+
+    out = tmp_path_factory.mktemp("ckpt")
+    model = tiny_model(tiny_config("llama", vocab_size=128, max_position_embeddings=128))
+    model.save_pretrained(out)
+    char_tokenizer().save_pretrained(out)
+    return out
+
+
+def test_load_model_for_eval_and_errors(checkpoint, tmp_path):
+    model, tok = load_model_for_eval(checkpoint, attn_implementation="eager", device="cpu")
+    assert model.config.vocab_size == 128 and tok.bos_token_id == 1 and not model.training
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        load_model_for_eval(tmp_path)
+
+
+def _spec(tmp_path, method, **params):
+    from rope import RopeSpec
+
+    spec = RopeSpec(
+        method=method, base=10000.0, head_dim=16, original_length=128, target_length=512, params=params
+    )
+    return str(spec.to_json(tmp_path / f"{method}.json"))
+
+
+def test_cli_compares_specs_end_to_end(checkpoint, tmp_path):
+    text = tmp_path / "doc.txt"
+    text.write_text(("In the beginning was the word, and the word was with light. " * 40)[:2000])
+    out = tmp_path / "out"
+    args = ["--model", str(checkpoint), "--spec", _spec(tmp_path, "linear"), _spec(tmp_path, "yarn")]
+    args += ["--include-base", "--tasks", "ppl,passkey", "--lengths", "256,512", "--out", str(out)]
+    args += [
+        "--ppl-data",
+        str(text),
+        "--depths",
+        "0,1",
+        "--attn",
+        "eager",
+        "--max-new-tokens",
+        "4",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in res["runs"]] == ["ckpt0", "linear", "yarn"]
+    ppl = [r["tasks"]["ppl"]["by_length"]["512"]["ppl"] for r in res["runs"]]
+    assert len(set(ppl)) == 3  # each spec really changed the model's RoPE
+    assert all(r["tasks"]["passkey"]["accuracy"] is not None for r in res["runs"])
+    assert sorted(res["runs"][1]["tasks"]["passkey"]["by_length"]) == ["256", "512"]
+    _assert_png(out / "ppl.png")
+    _assert_png(out / "passkey.png")
+    assert "| linear |" in (out / "report.md").read_text()
+
+
+def test_cli_rejects_bad_arguments(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", str(checkpoint), "--tasks", "ppl,bogus", "--lengths", "64", "--out", str(tmp_path)])
+    assert "--tasks: unknown ['bogus']" in capsys.readouterr().err
