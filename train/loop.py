@@ -109,7 +109,9 @@ def train_loop(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
     )
     scheduler = _scheduler(cfg, optimizer)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the scheduler stays ours: accelerate's wrapper would step it once per process
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     ckpt_root, metrics_file = stage_dir / "checkpoints", stage_dir / "metrics.jsonl"
     state = load_latest(accelerator, ckpt_root)
     step = state["step"] if state else 0
@@ -144,6 +146,7 @@ def train_loop(
                 accelerator.backward(loss / cfg.grad_accum)
             step_loss += loss.item() / cfg.grad_accum
             step_tokens += int(batch["input_ids"].numel())
+        step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
