@@ -1,14 +1,17 @@
-"""Fixtures for eval tests: a character-level tokenizer built in memory (no hub, no files)."""
+"""Fixtures for eval tests: a character-level tokenizer built in memory (no hub), a tiny saved
+checkpoint, a PNG validity check."""
 
 from __future__ import annotations
 
 import string
 
+import matplotlib.image
 import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from data.samples import IGNORE_INDEX, SyntheticSample
+from tests.tiny import tiny_config, tiny_model
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3 match tests.tiny (pad 0, bos 1, eos 2)
 
@@ -37,3 +40,19 @@ def make_sample(
     a = tok.encode(answer, add_special_tokens=False)
     labels = [IGNORE_INDEX] * len(p) + a
     return SyntheticSample(p + a, labels, len(p), (answer.strip(),), task, length, depth, meta)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A saved tiny Llama (L = 128) with the char tokenizer: a local checkpoint directory."""
+    out = tmp_path_factory.mktemp("ckpt")
+    tiny_model(tiny_config("llama", vocab_size=128, max_position_embeddings=128)).save_pretrained(out)
+    char_tokenizer().save_pretrained(out)
+    return out
+
+
+def assert_png(path) -> None:
+    """A complete, decodable PNG of a plausible plot size."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(path)  # decodes the whole file: a truncated PNG fails here
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50

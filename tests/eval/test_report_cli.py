@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import json
 
-import matplotlib.image
 import pytest
 
 from eval.__main__ import main
 from eval.models import load_model_for_eval
 from eval.report import markdown_report, write_report
-from tests.tiny import tiny_config, tiny_model
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _assert_png(path):
-    assert path.read_bytes()[:8] == PNG_MAGIC
-    image = matplotlib.image.imread(path)  # decodes the whole file: a truncated PNG fails here
-    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
-
+from tests.eval.conftest import assert_png
 
 RESULTS = {
     "lengths": [256, 512],
@@ -55,7 +45,7 @@ def test_write_report_files(tmp_path):
     written = {p.name for p in write_report(RESULTS, tmp_path)}
     assert written == {"results.json", "report.md", "ppl.png", "passkey.png", "ruler.png", "niah_pi.png"}
     for name in ("ppl.png", "passkey.png", "ruler.png", "niah_pi.png"):
-        _assert_png(tmp_path / name)
+        assert_png(tmp_path / name)
     back = json.loads((tmp_path / "results.json").read_text())
     assert back["runs"][0]["tasks"]["ppl"]["by_length"]["512"]["ppl"] == 30.25
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
@@ -68,17 +58,6 @@ def test_markdown_tables():
     assert "| pi | 100.0 | 50.0 |" in md  # passkey
     assert "| 0 | 100 | – |" in md and "| 1 | 0 | 50 |" in md  # NIAH grid rows by depth
     assert "| pi | 0.6123 |" in md  # short tasks
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from tests.eval.conftest import char_tokenizer
-
-    out = tmp_path_factory.mktemp("ckpt")
-    model = tiny_model(tiny_config("llama", vocab_size=128, max_position_embeddings=128))
-    model.save_pretrained(out)
-    char_tokenizer().save_pretrained(out)
-    return out
 
 
 def test_load_model_for_eval_and_errors(checkpoint, tmp_path):
@@ -121,8 +100,8 @@ def test_cli_compares_specs_end_to_end(checkpoint, tmp_path):
     assert len(set(ppl)) == 3  # each spec really changed the model's RoPE
     assert all(r["tasks"]["passkey"]["accuracy"] is not None for r in res["runs"])
     assert sorted(res["runs"][1]["tasks"]["passkey"]["by_length"]) == ["256", "512"]
-    _assert_png(out / "ppl.png")
-    _assert_png(out / "passkey.png")
+    assert_png(out / "ppl.png")
+    assert_png(out / "passkey.png")
     assert "| linear |" in (out / "report.md").read_text()
 
 
