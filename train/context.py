@@ -94,7 +94,10 @@ class RunContext:
 
     def load_model(self, stage) -> torch.nn.Module:
         """The model a stage starts from: an earlier stage's output, the recipe's path, or a fresh init."""
-        source = self.model_source(stage)
+        return self.load_model_from(self.model_source(stage))
+
+    def load_model_from(self, source: str | None) -> torch.nn.Module:
+        """Stage ``source``'s saved model, or the recipe's own model when ``source`` is None."""
         kwargs = dict(dtype=self.dtype, attn_implementation=self.attention)
         if source is not None:
             model = AutoModelForCausalLM.from_pretrained(

@@ -165,30 +165,44 @@ def schema_errors(error: ValidationError, source: str) -> list[str]:
 
 
 # ----- cross-stage checks -------------------------------------------------------------------
+def _readers(stage, where: str):
+    """(object, where) pairs that may name earlier stages: the stage and its eval runs."""
+    yield stage, where
+    for j, run in enumerate(getattr(stage, "runs", [])):
+        yield run, f"{where}.runs[{j}]"
+
+
 def _reference_errors(recipe: Recipe, source: str) -> list[str]:
     lines, seen = [], {}
     for i, stage in enumerate(recipe.stages):
         where = f"{source}: stages[{i}]"
         if stage.name in seen:
             lines.append(f"{where}.name: {stage.name!r} is already used by stages[{seen[stage.name]}]")
+        lines += _stage_reference_errors(recipe, i, stage, where)
+        seen.setdefault(stage.name, i)
+    return lines
+
+
+def _stage_reference_errors(recipe: Recipe, i: int, stage, where: str) -> list[str]:
+    lines = []
+    for reader, at in _readers(stage, where):
         for field, ok in (("model_from", produces_model), ("spec_from", produces_spec)):
-            ref = getattr(stage, field, None)
+            ref = getattr(reader, field, None)
             if ref is None:
                 continue
             later = [j for j, s in enumerate(recipe.stages) if s.name == ref and j >= i]
             earlier = [s for s in recipe.stages[:i] if s.name == ref]
             if later and not earlier:
                 lines.append(
-                    f"{where}.{field}: stage {ref!r} comes later (stages[{later[0]}]); a stage reads only earlier stages"
+                    f"{at}.{field}: stage {ref!r} comes later (stages[{later[0]}]); a stage reads only earlier stages"
                 )
             elif not earlier:
                 close = difflib.get_close_matches(ref, [s.name for s in recipe.stages[:i]], n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                lines.append(f"{where}.{field}: no earlier stage named {ref!r}{hint}")
+                lines.append(f"{at}.{field}: no earlier stage named {ref!r}{hint}")
             elif not ok(earlier[-1]):
                 what = "model" if field == "model_from" else "RoPE spec"
-                lines.append(f"{where}.{field}: stage {ref!r} ({earlier[-1].kind}) produces no {what}")
-        seen.setdefault(stage.name, i)
+                lines.append(f"{at}.{field}: stage {ref!r} ({earlier[-1].kind}) produces no {what}")
     return lines
 
 

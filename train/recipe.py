@@ -140,6 +140,19 @@ class ReadjustStage(SearchStage):
     """Largest short factor (LongRoPE §3.3: "a smaller maximum λ")."""
 
 
+class EvalRun(Strict):
+    """One line of the comparison: a model (stage output) under a RoPE."""
+
+    name: str
+    model_from: str | None = None
+    """Stage whose model to evaluate; default: the eval stage's own model."""
+    spec_from: str | None = None
+    """Stage whose spec to install (rope: spec); default: the eval stage's own spec."""
+    rope: Literal["spec", "original", "linear", "ntk", "yarn"] = "spec"
+    """spec: the stage's spec; original: the base RoPE unchanged; linear (PI) / ntk / yarn:
+    baselines built for the eval stage's ``target_length`` with no search."""
+
+
 class EvalStage(Strict):
     kind: Literal["eval"]
     name: str
@@ -147,10 +160,16 @@ class EvalStage(Strict):
     spec_from: str | None = None
     tasks: list[Literal["ppl", "passkey", "niah", "ruler"]] = ["ppl", "passkey"]
     lengths: list[int] = Field(min_length=1)
-    baselines: list[Literal["pi", "ntk", "yarn", "base"]] = ["pi", "yarn"]
-    """RoPE baselines evaluated beside the stage's own spec, at the spec's target length."""
-    num_samples: int = Field(4, gt=0)
+    runs: list[EvalRun] = []
+    """The lines of the comparison; empty: one run of this stage's model and spec."""
+    target_length: int | None = Field(None, gt=0)
+    """L' the baselines are built for; default: the longest evaluated length."""
+    samples: int = Field(2, gt=0)
+    """Samples per (length, depth) cell for passkey / NIAH, per (task, length) for RULER."""
     depths: list[float] = [0.1, 0.5, 0.9]
+    ppl_data: str = "kjv"
+    """Perplexity documents: a demo corpus name, a .txt/.jsonl file or a folder of .txt."""
+    ppl_docs: int = Field(3, gt=0)
 
 
 class ExportStage(Strict):

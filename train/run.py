@@ -59,7 +59,7 @@ def describe_plan(recipe: Recipe) -> list[str]:
         if hasattr(stage, "target_length"):
             what += f" {stage.algorithm} → L'={stage.target_length} ({stage.objective})"
         if stage.kind == "eval":
-            what += f" {stage.tasks} at {stage.lengths} + baselines {stage.baselines}"
+            what += f" {stage.tasks} at {stage.lengths} for {[r.name for r in stage.runs] or [stage.name]}"
         out = Path(recipe.output_dir) / stage.name
         lines.append(f"[{i}] {stage.name}: {what}; reads {', '.join(reads) or 'nothing'}; writes {out}/")
     return lines

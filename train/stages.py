@@ -170,12 +170,94 @@ def run_readjust(stage, ctx: RunContext) -> dict:
     return _search(stage, ctx, "short_factor")
 
 
+def _run_spec(ctx: RunContext, stage, run, model) -> RopeSpec:
+    """The RoPE of one eval run: a stage's spec, the base RoPE, or a baseline built for L'."""
+    base = ctx.base_spec(model)
+    if run.rope == "original":
+        return base
+    if run.rope == "spec":
+        source = run.spec_from or ctx.spec_source(stage)
+        return RopeSpec.from_json(ctx.stage_dir(source) / "spec.json") if source else base
+    target = stage.target_length or max(stage.lengths)
+    method = {"linear": "linear", "ntk": "ntk", "yarn": "yarn"}[run.rope]
+    return RopeSpec(
+        method, base.base, base.head_dim, base.original_length, target, base.partial_rotary_factor
+    )
+
+
+def run_eval(stage, ctx: RunContext) -> dict:
+    """Perplexity / passkey / NIAH / RULER for each run, with report.md and plots (``eval``)."""
+    from eval.report import write_json_atomic, write_report
+    from eval.tasks import EVAL_TASKS, EvalSettings
+    from train.recipe import EvalRun
+
+    settings = EvalSettings(
+        lengths=stage.lengths,
+        depths=stage.depths,
+        samples=stage.samples,
+        seed=ctx.recipe.seed,
+        ppl_data=stage.ppl_data,
+        ppl_docs=stage.ppl_docs,
+        progress=ctx.accelerator.is_main_process,
+    )
+    runs = stage.runs or [EvalRun(name=stage.name, model_from=stage.model_from, spec_from=stage.spec_from)]
+    out = ctx.stage_dir(stage.name)
+    results = {"lengths": stage.lengths, "tasks": stage.tasks, "runs": []}
+    loaded: dict = {}
+    for run in runs:
+        source = run.model_from or ctx.model_source(stage)
+        if source not in loaded:  # one model in memory at a time
+            loaded = {source: ctx.load_model_from(source).eval()}
+        model = loaded[source]
+        spec = _run_spec(ctx, stage, run, model)
+        apply_rope(model, spec)
+        label = f"{spec.method} L={spec.original_length}→{spec.target_length}" + (
+            f", n̂={spec.n_hat}" if spec.n_hat else ""
+        )
+        entry = {
+            "name": run.name,
+            "model": source or "recipe model",
+            "spec": label,
+            "rope": spec.to_dict(),
+            "tasks": {},
+        }
+        for task in stage.tasks:
+            ctx.log(f"[{stage.name}] {run.name}: {task}")
+            entry["tasks"][task] = EVAL_TASKS[task](model, ctx.tokenizer(), settings)
+        results["runs"].append(entry)
+        if ctx.accelerator.is_main_process:
+            write_json_atomic(results, out / "results.json")
+    if ctx.accelerator.is_main_process:
+        files = write_report(results, out)
+        ctx.log(f"[{stage.name}] report: {out / 'report.md'} (+ {len(files) - 1} files)")
+    return {
+        "results": str(out / "results.json"),
+        "report": str(out / "report.md"),
+        "summary": _summary(results),
+    }
+
+
+def _summary(results: dict) -> dict:
+    """Per run: perplexity and passkey accuracy by length (the headline numbers)."""
+    out = {}
+    for run in results["runs"]:
+        tasks = run["tasks"]
+        line = {}
+        if "ppl" in tasks:
+            line["ppl"] = {str(k): v["ppl"] for k, v in tasks["ppl"]["by_length"].items()}
+        if "passkey" in tasks:
+            line["passkey"] = tasks["passkey"]["by_length"]
+        out[run["name"]] = line
+    return out
+
+
 STAGES: dict[str, Callable[..., dict]] = {
     "pretrain": run_pretrain,
     "finetune": run_finetune,
     "export": run_export,
     "search": run_search_stage,
     "readjust": run_readjust,
+    "eval": run_eval,
 }
 
 
