@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -137,9 +138,15 @@ def _line_plot(series: dict, title: str, path: Path, *, log_y: bool = False) -> 
         points = [(n, v) for n, v in sorted(s.items()) if v is not None]
         if points:
             ax.plot(*zip(*points), marker="o", label=name)
+    lengths = sorted({n for s in series.values() for n in s})
     ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [_num(n) for n in lengths])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     if log_y:
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(title)
     ax.grid(True, alpha=0.3)
@@ -153,8 +160,13 @@ def _line_plot(series: dict, title: str, path: Path, *, log_y: bool = False) -> 
 def niah_heatmap(grid: dict, title: str, path: str | os.PathLike) -> Path:
     """Heatmap of a ``score_niah`` grid: depth (rows) × length (columns), 0–100 %."""
     scores = [[float("nan") if v is None else v for v in row] for row in grid["scores"]]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(grid["lengths"]), 1.2 + 0.45 * len(grid["depths"])))
+    width, height = max(4.0, 1.6 + 0.8 * len(grid["lengths"])), max(3.0, 1.4 + 0.45 * len(grid["depths"]))
+    fig, ax = plt.subplots(figsize=(width, height))
     image = ax.imshow(scores, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for i, row in enumerate(grid["scores"]):
+        for j, value in enumerate(row):
+            if value is not None:
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(grid["lengths"])), [_num(float(n)) for n in grid["lengths"]])
     ax.set_yticks(range(len(grid["depths"])), [f"{float(d):.0%}" for d in grid["depths"]])
     ax.set_xlabel("context length (tokens)")
