@@ -162,3 +162,10 @@ def test_perplexity_at_lengths_modes(model):
 def test_bad_mask_length_is_a_clear_error(model):
     with pytest.raises(ValueError, match="loss_mask"):
         perplexity(model, _rows([10]), loss_mask=[[True] * 9])
+
+
+def test_bfloat16_model_upcasts_like_hf():
+    """bf16 logits are upcast to float32 before the loss, as transformers does."""
+    m = tiny_model(tiny_config("llama", vocab_size=128, max_position_embeddings=L)).to(torch.bfloat16)
+    rows = _rows([90], seed=7)
+    assert perplexity(m, rows, chunk_size=20) == pytest.approx(_naive_ppl(m, rows), rel=1e-4)
