@@ -37,6 +37,11 @@ def demo_specs(base: float, head_dim: int, length: int, scale: int) -> list[Rope
         RopeSpec("llama3", **common),
         RopeSpec("longrope", **common, long_factor=yarn_factors, n_hat=4),
         RopeSpec("longrope2", **common, long_factor=long_factor_from_upper(upper, rcd)),
+        RopeSpec(
+            "dpe",
+            **common,
+            params={"group_scales": [1, 1, 2, 2, 4, 4, scale, scale], "local_window": length // 2},
+        ),
     ]
 
 
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             exportable = to_hf_config(spec)["rope_parameters"]["rope_type"]
         except RopeExportError:
-            exportable = "no (n̂ > 0)"
+            exportable = "no (DPE)" if spec.method == "dpe" else "no (n̂ > 0)"
         print(
             f"{spec.method:<10} {min(factors):>7.3f} {max(factors):>7.3f} "
             f"{spec.frequencies().long_attention_factor:>7.3f} {unseen_angle_share(spec, args.scale * args.length):>8.1%} "

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from rope.dpe import sync_attention
 from rope.errors import RopeSpecError, UnsupportedArchitectureError
 from rope.spec import RopeSpec
 
@@ -153,6 +154,7 @@ def apply_rope(model: nn.Module, spec: RopeSpec) -> nn.Module:
         rotary = ScaledRotaryEmbedding(spec, device=buffer.device)
         rotary.factor_set = getattr(module, "factor_set", None)
         setattr(parent, attr, rotary)
+    sync_attention(model, spec)  # DPE remaps positions inside attention; other methods restore it
     return model
 
 

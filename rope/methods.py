@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from rope import default, dynamic, linear, llama3, longrope, longrope2, ntk, yarn
+from rope import default, dpe, dynamic, linear, llama3, longrope, longrope2, ntk, yarn
 
 
 @dataclass(frozen=True)
@@ -47,4 +47,5 @@ ROPE_METHODS: dict[str, RopeMethod] = {
     "llama3": _method("llama3", llama3),
     "longrope": _method("longrope", longrope, factor_lists=True),
     "longrope2": _method("longrope2", longrope2, factor_lists=True),
+    "dpe": _method("dpe", dpe),
 }

@@ -1,0 +1,105 @@
+"""DPE: scale 1 is the plain model; beyond the window positions are remapped per group; no export."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from rope import RopeExportError, RopeSpec, RopeSpecError, apply_rope, to_hf_config
+from rope.dpe import DPEPlan, dpe_attention, remapped_positions, select_key_dims
+from tests.tiny import tiny_config, tiny_model
+
+L = 32
+
+
+def _dpe(scales=(1.0,) * 8, key_dims=None, window=8) -> RopeSpec:
+    params = {"group_scales": list(scales), "local_window": window}
+    if key_dims is not None:
+        params["key_dims"] = list(key_dims)
+    return RopeSpec("dpe", base=10_000.0, head_dim=16, original_length=L, target_length=4 * L, params=params)
+
+
+def _logits(model, n=4 * L):
+    ids = torch.randint(3, 128, (1, n), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_all_scales_one_equals_the_plain_model():
+    model = tiny_model(tiny_config("llama", max_position_embeddings=L))
+    plain = _logits(model)
+    apply_rope(model, _dpe())
+    assert model.config._attn_implementation == "longctx_dpe"
+    assert torch.allclose(_logits(model), plain, atol=1e-5, rtol=0)
+    apply_rope(model, _dpe((1, 1, 1, 1, 16, 16, 16, 16), window=8))
+    changed = _logits(model)
+    assert torch.allclose(changed[:, :8], plain[:, :8], atol=1e-5)  # within the window: untouched
+    assert (changed[:, 8:] - plain[:, 8:]).abs().max() > 1e-4  # beyond it: remapped
+    apply_rope(model, RopeSpec("default", base=10_000.0, head_dim=16, original_length=L, target_length=L))
+    assert model.config._attn_implementation == "eager"  # another method restores the attention
+    assert torch.equal(_logits(model), plain)
+
+
+def test_remapped_positions_follow_the_rule():
+    pos = torch.tensor([0, 5, 16, 37])
+    scales = torch.tensor([1.0, 4.0])
+    q = remapped_positions(pos, scales, window=8, query=True)
+    k = remapped_positions(pos, scales, window=8, query=False)
+    assert q[:, 0].tolist() == [0, 5, 16, 37]  # scale 1: unchanged
+    assert q[:, 1].tolist() == [p // 4 + 8 - 2 for p in (0, 5, 16, 37)]
+    assert k[:, 1].tolist() == [p // 4 for p in (0, 5, 16, 37)]
+
+
+def _rope(x, pos, inv):  # x: [1, 1, n, d]; pos: [n, d/2] per-pair positions
+    ang = pos * inv
+    cos, sin = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+def test_attention_uses_remapped_positions_beyond_the_window_for_selected_pairs_only():
+    torch.manual_seed(0)
+    n, d, window = 24, 8, 6
+    inv = 1.0 / (10_000.0 ** (torch.arange(0, d, 2).double() / d))
+    scales = torch.tensor([1.0, 3.0, 1.0, 2.0])  # pairs 0 and 2 unselected (scale 1)
+    q0, k0, v = (torch.randn(1, 1, n, d, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(n).double()
+    plain = pos[:, None].expand(n, d // 2)
+    module = types.SimpleNamespace(
+        _longctx_dpe=DPEPlan(inv, scales, window), num_key_value_groups=1, training=False
+    )
+    causal = torch.full((n, n), float("-inf"), dtype=torch.float64).triu(1)[None, None]
+    out, _ = dpe_attention(module, _rope(q0, plain, inv), _rope(k0, plain, inv), v, causal, 1.0,
+                           position_ids=torch.arange(n)[None])  # fmt: skip
+    qf = torch.stack([pos // s + window - window // s for s in scales], -1)
+    kf = torch.stack([pos // s for s in scales], -1)
+    near = _rope(q0, plain, inv) @ _rope(k0, plain, inv).transpose(2, 3)
+    far = _rope(q0, qf, inv) @ _rope(k0, kf, inv).transpose(2, 3)
+    local = (pos[:, None] - pos[None, :]) < window
+    want = torch.softmax(torch.where(local, near, far) + causal, -1) @ v
+    assert torch.allclose(out.transpose(1, 2), want, atol=1e-9)
+
+
+def test_key_dims_keep_unselected_pairs_and_selection_by_norms():
+    model = tiny_model(tiny_config("llama", max_position_embeddings=L))
+    batches = [torch.randint(3, 128, (1, L), generator=torch.Generator().manual_seed(1))]
+    dims = select_key_dims(model, batches, top_k=3)
+    assert len(dims) == 3 and all(0 <= d < 8 for d in dims)
+    plain = _logits(model)
+    apply_rope(model, _dpe((16,) * 8, key_dims=()))  # nothing selected: nothing remapped
+    assert torch.allclose(_logits(model), plain, atol=1e-5)
+
+
+def test_dpe_spec_validation_and_export_refusal(tmp_path):
+    spec = _dpe((1, 2, 4, 8, 8, 8, 4, 2), key_dims=(1, 5))
+    assert RopeSpec.from_json(spec.to_json(tmp_path / "s.json")) == spec
+    with pytest.raises(RopeExportError, match="dpe"):
+        to_hf_config(spec)
+    with pytest.raises(RopeSpecError, match="group_scales"):
+        _dpe((1, 2, 3))
+    with pytest.raises(RopeSpecError, match=r"group_scales\[0\]"):
+        _dpe((0.5,) * 8)
+    with pytest.raises(RopeSpecError, match="key_dims"):
+        _dpe(key_dims=(9,))
