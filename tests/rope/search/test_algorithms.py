@@ -139,3 +139,23 @@ def test_dcis_warm_start_from_historical_factors():
 def test_max_evaluations_stops_the_search():
     result, rec = _search("evolution", SMALL_EVO, max_evaluations=30)
     assert result.evaluations == len(rec.seen) == 30
+
+
+def test_dpe_detection_picks_each_groups_best_scale():
+    from rope import RopeSpec
+    from rope.search.dpe import detect_group_scales
+
+    best = [1, 2, 4, 8, 8, 4, 2, 1]
+    t = RopeSpec("dpe", base=1e4, head_dim=32, original_length=128, target_length=1024,
+                 params={"group_scales": [1] * 8, "local_window": 64, "key_dims": [3, 9]})  # fmt: skip
+
+    def score(specs):
+        return [
+            sum(abs(math.log2(a) - math.log2(b)) for a, b in zip(s.params["group_scales"], best))
+            for s in specs
+        ]
+
+    result = detect_group_scales(t, score)
+    assert list(result.spec.params["group_scales"]) == best
+    assert list(result.sweeps[0]) == [1, 2, 4, 8, 16]  # powers of two up to L'/W
+    assert result.spec.params["key_dims"] == [3, 9]
