@@ -152,13 +152,17 @@ def iter_nll(
     device = model.get_input_embeddings().weight.device
     rows = [_labels_of(s, None if loss_mask is None else loss_mask[i]) for i, s in enumerate(samples)]
     bar = tqdm(total=len(rows), desc="nll", unit="row", disable=not progress, leave=False)
-    with torch.inference_mode():
+    try:
         for ids, labels in _batches(rows, max(1, batch_size)):
-            sums = _batch_nll(model, ids.to(device), labels.to(device), chunk).tolist()
+            # inference mode only around the work: a generator suspended inside the ``with``
+            # would leave the caller's thread in inference mode between two samples
+            with torch.inference_mode():
+                sums = _batch_nll(model, ids.to(device), labels.to(device), chunk).tolist()
             counts = (labels[:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
             bar.update(len(sums))
             yield from zip(sums, counts)
-    bar.close()
+    finally:
+        bar.close()
 
 
 def nll_per_sample(model, samples: Sequence[TokenRow], **kwargs) -> list[tuple[float, int]]:

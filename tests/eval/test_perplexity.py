@@ -129,6 +129,9 @@ def test_iter_nll_is_lazy(model):
         it = iter_nll(model, _rows([32, 32, 32]))
         next(it)
         assert len(calls) == 1
+        # between two samples the caller is not left in inference mode (it may build a spec)
+        assert not torch.is_inference_mode_enabled()
+        assert torch.ones(2, requires_grad=True).sum().requires_grad
     finally:
         hook.remove()
 
