@@ -139,7 +139,11 @@ class RunContext:
 
     def base_spec(self, model) -> RopeSpec:
         """The pretrained model's own RoPE (original length L, original base)."""
-        return from_hf_config(model.config)
+        spec = from_hf_config(model.config)
+        declared = self.recipe.model.original_length
+        if declared is not None and spec.method == "default":
+            spec = spec.replace(original_length=declared, target_length=declared)
+        return spec
 
     def spec_for(self, stage, model) -> RopeSpec:
         source = self.spec_source(stage)
@@ -153,6 +157,8 @@ class RunContext:
             init = self.recipe.model.init
             if init is not None:
                 self._cache["L"] = init.original_length
+            elif self.recipe.model.original_length is not None:
+                self._cache["L"] = self.recipe.model.original_length
             else:
                 self._cache["L"] = self.base_spec(self.load_model(self.recipe.stages[0])).original_length
         return self._cache["L"]

@@ -206,15 +206,20 @@ def _stage_reference_errors(recipe: Recipe, i: int, stage, where: str) -> list[s
     return lines
 
 
-def _stage_errors(recipe: Recipe, source: str, recipe_file: Path) -> list[str]:
+def _file_errors(recipe: Recipe, source: str, recipe_file: Path) -> list[str]:
     lines = []
-    L = recipe.model.init.original_length if recipe.model.init else None
     if recipe.model.path is not None and not resolve_path(recipe_file, recipe.model.path).exists():
         lines.append(
             f"{source}: model.path: {recipe.model.path!r} does not exist (local paths only, no downloads)"
         )
     if recipe.tokenizer.path is not None and not resolve_path(recipe_file, recipe.tokenizer.path).exists():
         lines.append(f"{source}: tokenizer.path: {recipe.tokenizer.path!r} does not exist")
+    return lines
+
+
+def _stage_errors(recipe: Recipe, source: str) -> list[str]:
+    lines = []
+    L = recipe.model.init.original_length if recipe.model.init else recipe.model.original_length
     for i, stage in enumerate(recipe.stages):
         where = f"{source}: stages[{i}]"
         if stage.kind == "search" and L is not None and stage.target_length <= L:
@@ -249,8 +254,12 @@ def _plugin_errors(recipe: Recipe, source: str) -> list[str]:
     return lines
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Parse, override, validate. Raises :class:`RecipeError` with every problem found."""
+def load_recipe(path: str | Path, overrides: list[str] = (), *, check_files: bool = True) -> Recipe:
+    """Parse, override, validate. Raises :class:`RecipeError` with every problem found.
+
+    ``check_files=False`` skips checking that local model/tokenizer paths exist (to validate a
+    real recipe on a machine without its checkpoint).
+    """
     path = Path(path)
     source = str(path)
     try:
@@ -269,11 +278,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(schema_errors(err, source)) from None
-    lines = (
-        _reference_errors(recipe, source)
-        + _stage_errors(recipe, source, path)
-        + _plugin_errors(recipe, source)
-    )
+    lines = _reference_errors(recipe, source) + _stage_errors(recipe, source) + _plugin_errors(recipe, source)
+    if check_files:
+        lines += _file_errors(recipe, source, path)
     if lines:
         raise RecipeError(lines)
     return recipe

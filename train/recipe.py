@@ -39,6 +39,9 @@ class ModelCfg(Strict):
     """A GGUF file inside ``path`` (e.g. SmolLM2 shipped in a pip package)."""
     init: ModelInit | None = None
     """Build a fresh model from this architecture instead of loading ``path``."""
+    original_length: int | None = Field(None, gt=0)
+    """L, when the config's max_position_embeddings is not the pretraining length
+    (Mistral-7B-v0.1 says 32768 but was pretrained at 8192)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: bfloat16 on CUDA, float32 on CPU."""
     attention: Literal["auto", "flash", "sdpa", "eager"] = "auto"

@@ -56,7 +56,7 @@ def describe_plan(recipe: Recipe) -> list[str]:
             longest = max(w.length for w in stage.windows)
             tokens = stage.steps * stage.grad_accum * stage.micro_batch_size * longest
             what += f" {stage.steps} steps, ≤{tokens:,} tokens/process, windows {[(w.length, w.share, w.rope) for w in stage.windows]}"
-        if hasattr(stage, "target_length"):
+        if stage.kind in ("search", "readjust"):
             what += f" {stage.algorithm} → L'={stage.target_length} ({stage.objective})"
         if stage.kind == "eval":
             what += f" {stage.tasks} at {stage.lengths} for {[r.name for r in stage.runs] or [stage.name]}"
