@@ -1,1 +1,28 @@
+"""Evaluation of extended-context models; every function returns plain dicts.
 
+- ``eval.perplexity``: chunked perplexity (``perplexity``, ``nll_per_sample``, ``iter_nll``,
+  ``perplexity_at_lengths``) — never a [seq, vocab] logits tensor; the search's scorer core;
+- ``eval.passkey`` / ``eval.niah`` / ``eval.ruler``: greedy-decoding tasks on
+  ``data.synthetic`` samples, scored as LongRoPE and RULER score them;
+- ``eval.short_tasks``: short-task retention through lm-evaluation-harness (``eval`` extra);
+- ``eval.models``: a checkpoint, or a base model plus a ``RopeSpec`` JSON;
+- ``eval.tasks.EVAL_TASKS``: the task registry; ``eval.report``: results.json, report.md, PNGs;
+- ``eval.scorer``: the factor-search objective built on ``iter_nll``;
+- ``python -m eval``: the CLI.
+
+Layering: imports ``rope`` and ``data``, never ``train``. (``perplexity`` itself is not
+re-exported here: the name would shadow the ``eval.perplexity`` module.)
+"""
+
+from eval.models import load_model_for_eval
+from eval.perplexity import iter_nll, nll_per_sample, perplexity_at_lengths
+from eval.tasks import EVAL_TASKS, EvalSettings
+
+__all__ = [
+    "EVAL_TASKS",
+    "EvalSettings",
+    "iter_nll",
+    "load_model_for_eval",
+    "nll_per_sample",
+    "perplexity_at_lengths",
+]

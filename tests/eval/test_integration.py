@@ -26,16 +26,24 @@ def _oracle(right: bool):
 def test_generated_tasks_score_oracle_outputs(checkpoint, tmp_path, monkeypatch, right):
     for module in (eval.passkey, eval.niah, eval.ruler):
         monkeypatch.setattr(module, "greedy_outputs", _oracle(right))
-    out = tmp_path / "out"
+    out, qa = tmp_path / "out", tmp_path / "qa.jsonl"
+    qa.write_text(
+        "".join(
+            json.dumps({"question": f"Who is {i}?", "answers": [f"N{i}"], "context": f"{i} is N{i}."}) + "\n"
+            for i in range(20)
+        )
+    )
     args = ["--model", str(checkpoint), "--tasks", "passkey,niah,ruler", "--lengths", "512,640"]
-    args += ["--ruler-tasks", "niah_single,vt", "--depths", "0,0.5,1", "--out", str(out), "--no-progress"]
+    args += ["--ruler-tasks", "niah_single,vt", "--qa-data", str(qa), "--samples", "2"]
+    args += ["--depths", "0,0.5,1", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     expected = 100.0 if right else 0.0
     assert run["tasks"]["passkey"]["accuracy"] == expected
     assert run["tasks"]["niah"]["scores"] == [[expected, expected]] * 3
     assert run["tasks"]["ruler"]["average"] == {"512": expected, "640": expected}
-    assert set(run["tasks"]["ruler"]["tasks"]) == {"niah_single", "vt"}
+    assert set(run["tasks"]["ruler"]["tasks"]) == {"niah_single", "vt", "qa"}
+    assert len(run["tasks"]["ruler"]["samples"]) == 3 * 2 * 2  # tasks × lengths × samples
     assert_png(out / "niah_ckpt0.png")
 
 
