@@ -202,6 +202,7 @@ class RunContext:
         return out
 
     def _passkey_documents(self, length: int, count: int) -> list[list[int]]:
+        from data.errors import DataError
         from data.synthetic import passkey_sample
 
         rng = random.Random(self.recipe.seed)
@@ -209,9 +210,16 @@ class RunContext:
         docs = []
         for i in range(count):
             # one token short of the length, so the EOS never cuts the answer off
-            sample = passkey_sample(
-                tok, length=rng.randint(length // 2, length - 1), depth=rng.random(), seed=i
-            )
+            want, depth = rng.randint(length // 2, length - 1), rng.random()
+            try:
+                sample = passkey_sample(tok, length=want, depth=depth, seed=i)
+            except DataError:  # shorter than the fixed prompt: use the longest length that fits
+                try:
+                    sample = passkey_sample(tok, length=length - 1, depth=depth, seed=i)
+                except DataError as err:
+                    raise DataError(
+                        f"data.passkey_share: passkey documents do not fit in L={length} ({err})"
+                    ) from None
             eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
             docs.append([*sample.input_ids, *eos])
         self.log(f"data: mixed in {count} synthetic passkey documents")
