@@ -159,9 +159,43 @@ def _search(stage, ctx: RunContext, field: str) -> dict:
     }
 
 
+DPE_SETTINGS = {"groups": 8, "key_fraction": 0.75, "local_window": 1024, "scales": None}
+"""DPE defaults (arXiv 2504.18857): 8 groups, top 48 of 64 pairs (README), W = 1024, sweep 1…L'/W."""
+
+
+def _dpe(stage, ctx: RunContext) -> dict:
+    """Training-free DPE: key pairs by Q/K norm at lengths ≤ L, then a per-group scale sweep."""
+    import torch
+
+    from eval.scorer import build_scorer
+    from rope.dpe import select_key_dims
+    from rope.search.dpe import detect_group_scales
+
+    cfg = {**DPE_SETTINGS, **stage.settings}
+    model = ctx.load_model(stage).eval()
+    base = ctx.base_spec(model)
+    apply_rope(model, base)
+    short = [torch.tensor([d[: base.original_length]]) for d in ctx.documents()[: stage.num_samples]]
+    with torch.no_grad():
+        key_dims = select_key_dims(model, short, max(1, round(cfg["key_fraction"] * base.geometry.n_pairs)))
+    template = RopeSpec(
+        "dpe", base.base, base.head_dim, base.original_length, stage.target_length, base.partial_rotary_factor,
+        params={"group_scales": [1.0] * cfg["groups"], "key_dims": list(key_dims), "local_window": cfg["local_window"]},
+    )  # fmt: skip
+    samples = _search_samples(ctx, stage, ctx.tokenizer())
+    scorer = build_scorer(model, samples, stage.objective, factor_set="long")
+    result = detect_group_scales(template, scorer, groups=cfg["groups"], scales=cfg["scales"])
+    if ctx.accelerator.is_main_process:
+        result.spec.to_json(ctx.stage_dir(stage.name) / "spec.json")
+    sweeps = [{str(k): v for k, v in sweep.items()} for sweep in result.sweeps]
+    return {"objective": stage.objective, "sweeps": sweeps, "spec": result.spec.to_dict()}
+
+
 def run_search_stage(stage, ctx: RunContext) -> dict:
     """Search ``long_factor`` at ``target_length`` (LongRoPE / LongRoPE2 / DCIS), warm-started
-    from the latest earlier spec when there is one (progressive extension)."""
+    from the latest earlier spec when there is one (progressive extension); or DPE's scales."""
+    if stage.algorithm == "dpe":
+        return _dpe(stage, ctx)
     return _search(stage, ctx, "long_factor")
 
 
@@ -267,6 +301,13 @@ def stage_unavailable(stage) -> str | None:
         return f"kind {stage.kind!r}: its machinery has not landed in this version (available: {', '.join(STAGES)})"
     if stage.kind in ("pretrain", "finetune") and importlib.util.find_spec("data.mixed") is None:
         return f"kind {stage.kind!r}: data.mixed (mixed-window sampler) is not installed"
+    if stage.kind == "search" and stage.algorithm == "dpe":
+        unknown = sorted(set(stage.settings) - set(DPE_SETTINGS))
+        return (
+            f"settings.{unknown[0]}: unknown DPE setting (allowed: {', '.join(DPE_SETTINGS)})"
+            if unknown
+            else None
+        )
     if stage.kind in ("search", "readjust"):
         from rope.search.runner import _resolve_config
         from rope.search.space import SearchConfigError

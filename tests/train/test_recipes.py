@@ -13,7 +13,15 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"
 
 def test_the_expected_recipes_exist():
     names = {p.stem for p in RECIPES}
-    assert {"tiny", "llama3_128k", "llama2_2048k", "mistral_128k", "phi3_mini_128k", "dcis_llama2_64k"} <= names
+    assert {
+        "tiny",
+        "llama3_128k",
+        "llama2_2048k",
+        "mistral_128k",
+        "phi3_mini_128k",
+        "dcis_llama2_64k",
+        "dpe_llama3_128k",
+    } <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
