@@ -9,35 +9,24 @@ current input (``seq_len``), so a forward never depends on call history.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from rope.params import check_positive
+from rope.params import ScaleParams
 from rope.tables import RopeFrequencies
 
 if TYPE_CHECKING:
     from rope.spec import RopeSpec
 
 
-@dataclass(frozen=True)
-class Params:
-    factor: float | None = None
-    """s in the formula above; None means L'/L."""
-
-    def __post_init__(self) -> None:
-        check_positive("params.factor", self.factor, minimum=1.0, inclusive=True)
-
-
-def factor_of(spec: RopeSpec) -> float:
-    return spec.method_params.factor or spec.geometry.scale
+Params = ScaleParams
 
 
 def inv_freq_at(spec: RopeSpec, seq_len: int | torch.Tensor | None, device=None) -> torch.Tensor:
     """Inverse frequencies for an input of ``seq_len`` tokens (None: L, i.e. the pretrained RoPE)."""
     g = spec.geometry
-    factor = factor_of(spec)
+    factor = spec.method_params.ratio(spec.geometry)
     if seq_len is None:
         seq_len = g.original_length
     elif isinstance(seq_len, torch.Tensor):
@@ -60,4 +49,8 @@ def compute(spec: RopeSpec, seq_len=None, device=None) -> RopeFrequencies:
 
 def hf_parameters(spec: RopeSpec) -> tuple[dict, float, int]:
     # transformers sizes the dynamic formula by max_position_embeddings, which must stay L.
-    return {"rope_type": "dynamic", "factor": factor_of(spec)}, spec.base, spec.original_length
+    return (
+        {"rope_type": "dynamic", "factor": spec.method_params.ratio(spec.geometry)},
+        spec.base,
+        spec.original_length,
+    )

@@ -8,28 +8,21 @@ is exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rope.params import check_positive
+from rope.params import ScaleParams
 from rope.tables import RopeFrequencies
 
 if TYPE_CHECKING:
     from rope.spec import RopeSpec
 
 
-@dataclass(frozen=True)
-class Params:
-    factor: float | None = None
-    """Extension ratio s the base change is sized for; None means L'/L."""
-
-    def __post_init__(self) -> None:
-        check_positive("params.factor", self.factor, minimum=1.0, inclusive=True)
+Params = ScaleParams
 
 
 def scaled_base(spec: RopeSpec) -> float:
     g = spec.geometry
-    factor = spec.method_params.factor or g.scale
+    factor = spec.method_params.ratio(g)
     return g.base * factor ** (g.rotary_dim / (g.rotary_dim - 2))
 
 

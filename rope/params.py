@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import fields
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rope.errors import RopeSpecError
+
+if TYPE_CHECKING:
+    from rope.geometry import RopeGeometry
 
 P = TypeVar("P")
 
@@ -56,3 +59,17 @@ def check_factor_list(name: str, values, n_pairs: int, rotary_dim: int) -> list[
             raise RopeSpecError(f"{name}[{i}]: expected a finite factor > 0, got {v!r}")
         out.append(float(v))
     return out
+
+
+@dataclass(frozen=True)
+class ScaleParams:
+    """Parameters of the one-ratio methods (``linear``, ``ntk``, ``dynamic``)."""
+
+    factor: float | None = None
+    """The extension ratio s the method is sized for; None means L'/L."""
+
+    def __post_init__(self) -> None:
+        check_positive("params.factor", self.factor, minimum=1.0, inclusive=True)
+
+    def ratio(self, geom: RopeGeometry) -> float:
+        return self.factor or geom.scale
