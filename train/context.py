@@ -7,6 +7,7 @@ produced or trained with), ``result.json``, and ``COMPLETE`` written last.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +20,25 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from rope import RopeSpec, from_hf_config
 from train.recipe import Recipe, produces_model, produces_spec, resolve_path
+
+
+@contextlib.contextmanager
+def _outside_zero_init(accelerator: Accelerator):
+    """Build a fresh model outside DeepSpeed's ``zero.Init``: under ZeRO-3 transformers would
+    otherwise initialise it partitioned, with different random weights than one process gets,
+    so the same seed would not give the same base model. (Loaded checkpoints are unaffected.)"""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
 
 ARCH_CONFIGS = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 
@@ -132,10 +152,13 @@ class RunContext:
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=True,
+            tie_word_embeddings=init.tie_embeddings,
         )
         torch.manual_seed(self.recipe.seed)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        with _outside_zero_init(self.accelerator):
+            return AutoModelForCausalLM.from_config(
+                config, dtype=dtype, attn_implementation=attn_implementation
+            )
 
     def base_spec(self, model) -> RopeSpec:
         """The pretrained model's own RoPE (original length L, original base)."""

@@ -9,7 +9,6 @@ integer and a resumed run sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -40,6 +39,8 @@ class TrainResult:
     tokens: int
     seconds: float
     resumed_from: int | None
+    model: torch.nn.Module
+    """The prepared model (DDP / DeepSpeed engine): what ``accelerator.get_state_dict`` needs."""
 
 
 def _scheduler(cfg: TrainStage, optimizer):
@@ -76,6 +77,24 @@ def _one_document_per_row(doc_ids: torch.Tensor) -> bool:
     return bool(((doc_ids == first) | ~real).all()) and bool(real[:, 0].all())
 
 
+def _configure_accumulation(accelerator: Accelerator, cfg: TrainStage) -> None:
+    """This stage's accumulation (and, under DeepSpeed, micro-batch and clipping) settings.
+
+    DeepSpeed reads them from its config when the engine is built, so they are set before
+    ``prepare`` for every training stage (a recipe's stages may differ).
+    """
+    accelerator.gradient_accumulation_steps = cfg.grad_accum
+    accelerator.step = 0  # accumulation boundaries count from this stage's first micro-batch
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        plugin.deepspeed_config["gradient_accumulation_steps"] = cfg.grad_accum
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+        plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm
+        plugin.deepspeed_config["train_batch_size"] = (
+            cfg.micro_batch_size * cfg.grad_accum * accelerator.num_processes
+        )
+
+
 def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, accelerator: Accelerator):
     """This rank's share of the global micro-batch stream, starting at global index ``start``."""
     for index, batch in enumerate(batches_from(start), start=start):
@@ -109,6 +128,7 @@ def train_loop(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
     )
     scheduler = _scheduler(cfg, optimizer)
+    _configure_accumulation(accelerator, cfg)
     # the scheduler stays ours: accelerate's wrapper would step it once per process
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -128,45 +148,43 @@ def train_loop(
     last_good = (list_checkpoints(ckpt_root) or [None])[-1]
     while step < cfg.steps:
         step_loss, step_tokens = 0.0, 0
-        for micro in range(cfg.grad_accum):
+        for _ in range(cfg.grad_accum):
             batch = next(stream)
             set_factor_set(accelerator.unwrap_model(model), batch["row_kind"])
             inputs = {
                 k: v.to(accelerator.device) if torch.is_tensor(v) else v
                 for k, v in model_inputs(batch, use_flash).items()
             }
-            sync = micro == cfg.grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            # accelerate decides the accumulation boundary (and DeepSpeed steps its engine there)
+            with accelerator.accumulate(model):
                 loss = model(**inputs).loss
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"{stage_dir.name}: loss is {loss.item()} at step {step + 1} (row kind {batch['row_kind']}); "
                         f"stopped. Last good checkpoint: {last_good or 'none'}. Lower lr or check the data."
                     )
-                accelerator.backward(loss / cfg.grad_accum)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             step_loss += loss.item() / cfg.grad_accum
             step_tokens += int(batch["input_ids"].numel())
-        step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
-        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
+        step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
         losses.append(step_loss)
         tokens += step_tokens * accelerator.num_processes
         run_tokens += step_tokens * accelerator.num_processes
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{run_tokens / (time.perf_counter() - started):.0f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            _log(
-                metrics_file,
-                {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens": tokens},
-                accelerator,
-            )
+            record = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens": tokens}
+            _log(metrics_file, record, accelerator)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             state = {"losses": losses, "tokens": tokens, "data_position": step * per_step}
             last_good = save_checkpoint(accelerator, ckpt_root, step, state, cfg.keep_checkpoints)
     bar.close()
     model.eval()
     final = losses[-1] if losses else math.nan
-    return TrainResult(cfg.steps, final, losses, tokens, time.perf_counter() - started, resumed_from)
+    return TrainResult(cfg.steps, final, losses, tokens, time.perf_counter() - started, resumed_from, model)

@@ -30,6 +30,8 @@ class ModelInit(Strict):
     rope_theta: float = Field(10_000.0, gt=1)
     original_length: int = Field(256, gt=0)
     """L: the length the base model is pretrained at."""
+    tie_embeddings: bool = True
+    """Share the input embedding and the LM head (fewer parameters for tiny models)."""
 
 
 class ModelCfg(Strict):

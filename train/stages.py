@@ -20,11 +20,12 @@ from train.loop import train_loop
 def _save_model(ctx: RunContext, model, spec: RopeSpec, stage_dir: Path) -> None:
     """Weights with the base config (any spec installs on it) + the spec, atomically."""
     ctx.accelerator.wait_for_everyone()
+    state_dict = ctx.accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
     if ctx.accelerator.is_main_process:
         unwrapped = ctx.accelerator.unwrap_model(model)
         tmp = stage_dir / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp, state_dict=ctx.accelerator.get_state_dict(model))
+        unwrapped.save_pretrained(tmp, state_dict=state_dict)
         ctx.tokenizer().save_pretrained(tmp)
         spec.to_json(tmp / "spec.json")
         if (stage_dir / "model").exists():
@@ -61,7 +62,7 @@ def _train(stage, ctx: RunContext, spec: RopeSpec) -> dict:
         ctx.accelerator,
         use_flash=ctx.attention == "flash_attention_2",
     )
-    _save_model(ctx, model, spec, stage_dir)
+    _save_model(ctx, result.model, spec, stage_dir)
     return {
         "steps": result.steps,
         "final_loss": result.final_loss,
