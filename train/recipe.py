@@ -80,6 +80,18 @@ class WindowCfg(Strict):
     """original: short documents (≤ L) with the short/original factors; rescaled: long ones."""
 
 
+class LoraCfg(Strict):
+    """LoRA through peft; the stage's saved model is the merged one (stock weights)."""
+
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    trainable: list[Literal["embed", "norm"]] = []
+    """Also train these base parameters fully — LongLoRA (arXiv 2309.12307 §3.3) found trainable
+    embeddings and norms necessary for long-context adaptation with LoRA."""
+
+
 class TrainStage(Strict):
     name: str
     model_from: str | None = None
@@ -98,6 +110,8 @@ class TrainStage(Strict):
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
     windows: list[WindowCfg] = Field(min_length=1)
+    lora: LoraCfg | None = None
+    """Train LoRA adapters (plus ``lora.trainable`` base parameters) instead of all weights."""
 
 
 class PretrainStage(TrainStage):

@@ -15,14 +15,19 @@ from pathlib import Path
 from rope import RopeSpec, apply_rope, save_extended
 from train.context import RunContext
 from train.loop import train_loop
+from train.lora import merged, trainable_names, wrap_lora
 
 
 def _save_model(ctx: RunContext, model, spec: RopeSpec, stage_dir: Path) -> None:
     """Weights with the base config (any spec installs on it) + the spec, atomically."""
     ctx.accelerator.wait_for_everyone()
-    state_dict = ctx.accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
+    unwrapped = ctx.accelerator.unwrap_model(model)
+    if hasattr(unwrapped, "merge_and_unload"):  # LoRA: save the merged weights
+        unwrapped = merged(unwrapped)
+        state_dict = unwrapped.state_dict()
+    else:
+        state_dict = ctx.accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
     if ctx.accelerator.is_main_process:
-        unwrapped = ctx.accelerator.unwrap_model(model)
         tmp = stage_dir / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.save_pretrained(tmp, state_dict=state_dict)
@@ -53,6 +58,9 @@ def _batches(ctx: RunContext, stage):
 
 def _train(stage, ctx: RunContext, spec: RopeSpec) -> dict:
     model = apply_rope(ctx.load_model(stage), spec)
+    if stage.lora is not None:
+        model = wrap_lora(model, stage.lora)
+        ctx.log(f"[{stage.name}] LoRA: {len(trainable_names(model))} trainable tensors")
     stage_dir = ctx.stage_dir(stage.name)
     result = train_loop(
         model,
