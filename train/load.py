@@ -217,6 +217,24 @@ def _file_errors(recipe: Recipe, source: str, recipe_file: Path) -> list[str]:
     return lines
 
 
+def _environment_errors(recipe: Recipe, source: str) -> list[str]:
+    """What this machine cannot run (checked only when running, not when validating a recipe elsewhere)."""
+    import importlib.util
+
+    import torch
+
+    if recipe.model.attention == "flash":
+        if not torch.cuda.is_available():
+            return [
+                f"{source}: model.attention: 'flash' needs a CUDA GPU and none is visible; use 'auto' or 'sdpa' on CPU"
+            ]
+        if importlib.util.find_spec("flash_attn") is None:
+            return [
+                f"{source}: model.attention: 'flash' needs the flash-attn package (pip install -e '.[gpu]'); or use 'sdpa'"
+            ]
+    return []
+
+
 def _stage_errors(recipe: Recipe, source: str) -> list[str]:
     lines = []
     L = recipe.model.init.original_length if recipe.model.init else recipe.model.original_length
@@ -257,8 +275,8 @@ def _plugin_errors(recipe: Recipe, source: str) -> list[str]:
 def load_recipe(path: str | Path, overrides: list[str] = (), *, check_files: bool = True) -> Recipe:
     """Parse, override, validate. Raises :class:`RecipeError` with every problem found.
 
-    ``check_files=False`` skips checking that local model/tokenizer paths exist (to validate a
-    real recipe on a machine without its checkpoint).
+    ``check_files=False`` skips checking that local model/tokenizer paths exist and that this
+    machine can run what the recipe demands (to validate a real recipe elsewhere).
     """
     path = Path(path)
     source = str(path)
@@ -280,7 +298,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), *, check_files: boo
         raise RecipeError(schema_errors(err, source)) from None
     lines = _reference_errors(recipe, source) + _stage_errors(recipe, source) + _plugin_errors(recipe, source)
     if check_files:
-        lines += _file_errors(recipe, source, path)
+        lines += _file_errors(recipe, source, path) + _environment_errors(recipe, source)
     if lines:
         raise RecipeError(lines)
     return recipe

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 import yaml
 
 from train.load import RecipeError, load_recipe
@@ -70,6 +71,15 @@ BROKEN = [
         r"stages\[0\]\.windows: shares must sum to 1, got 0.5",
     ),
 ]
+
+
+if not torch.cuda.is_available():
+    BROKEN.append(
+        (
+            _set(["model", "attention"], "flash"),
+            r"model\.attention: 'flash' needs a CUDA GPU and none is visible",
+        )
+    )
 
 
 @pytest.mark.parametrize("edit,message", BROKEN)
