@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import torch
 from safetensors.torch import load_file
 
@@ -14,9 +9,7 @@ from tests.tiny import tiny_config, tiny_model
 from train.lora import merged, trainable_names, wrap_lora
 from train.recipe import LoraCfg
 
-from .conftest import write_recipe
-
-REPO = Path(__file__).resolve().parents[2]
+from .conftest import run_cli, write_recipe
 
 
 def test_only_adapters_and_chosen_parameters_train():
@@ -54,15 +47,7 @@ def test_lora_finetune_stage_saves_merged_weights(tmp_path, tiny_corpus):
          "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"], "trainable": ["norm"]}},
     ]  # fmt: skip
     recipe = write_recipe(tmp_path / "r.yaml", tiny_corpus, tmp_path / "out", stages=stages)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train" / "run.py"), str(recipe)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli(recipe)
     base = load_file(tmp_path / "out" / "base" / "model" / "model.safetensors")
     tuned = load_file(tmp_path / "out" / "ft" / "model" / "model.safetensors")
     assert base.keys() == tuned.keys(), "merged: no adapter tensors in the saved model"

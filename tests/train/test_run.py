@@ -15,20 +15,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from .conftest import write_recipe
-
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+from .conftest import ENV, REPO, run_cli, write_recipe
 
 
 def _run(recipe: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train" / "run.py"), str(recipe), *extra],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return run_cli(recipe, *extra, check=check, timeout=300)
 
 
 def _weights(stage_dir: Path) -> dict[str, torch.Tensor]:

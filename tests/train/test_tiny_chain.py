@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from rope import SPEC_FILE, RopeSpec, apply_rope
 
-REPO = Path(__file__).resolve().parents[2]
+from .conftest import REPO, run_cli, write_recipe
+
 SEARCH = "{population: 4, generations: 1, parents: 2, mutants: 1, crossovers: 1}"
 
 
@@ -43,12 +40,7 @@ def test_tiny_recipe_chain_end_to_end(tmp_path, tiny_corpus):
         "stages.eval.ppl_docs=1",
         "stages.eval.depths=[0.5]",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train" / "run.py"), str(REPO / "recipes" / "tiny.yaml"), *overrides],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_cli(REPO / "recipes" / "tiny.yaml", *overrides)
     names = ["base", "search_8x", "ft_8x", "search_16x", "readjust", "eval", "export"]
     assert all((out / n / "COMPLETE").exists() for n in names)
     # progressive extension: 16x factors stay relative to the original base; short factors found
@@ -74,8 +66,6 @@ def test_tiny_recipe_chain_end_to_end(tmp_path, tiny_corpus):
 
 
 def test_dpe_stage_detects_group_scales_and_evaluates(tmp_path, tiny_corpus):
-    from .conftest import write_recipe
-
     out = tmp_path / "out"
     stages = [
         {"name": "base", "kind": "pretrain", "steps": 2, "micro_batch_size": 2, "lr": 1e-2,
@@ -86,15 +76,7 @@ def test_dpe_stage_detects_group_scales_and_evaluates(tmp_path, tiny_corpus):
          "runs": [{"name": "yarn", "rope": "yarn"}, {"name": "dpe", "spec_from": "dpe"}]},
     ]  # fmt: skip
     recipe = write_recipe(tmp_path / "r.yaml", tiny_corpus, out, stages=stages)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train" / "run.py"), str(recipe)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_cli(recipe)
     spec = RopeSpec.from_json(out / "dpe" / "spec.json")
     params = spec.method_params
     assert spec.method == "dpe" and len(params.group_scales) == 2 and len(params.key_dims) == 4
