@@ -85,6 +85,20 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _check_same_config(stage, stage_dir: Path, recipe_file: Path) -> None:
+    """A completed stage is reused only if it ran with the same settings."""
+    saved = json.loads((stage_dir / "config.json").read_text())
+    current = stage.model_dump(mode="json")
+    if saved != current:
+        keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise RecipeError(
+            [
+                f"{recipe_file}: stages.{stage.name}: completed in {stage_dir} with other settings "
+                f"({', '.join(keys)} differ); use another output_dir or delete {stage_dir}"
+            ]
+        )
+
+
 def run(recipe: Recipe, recipe_file: Path) -> dict:
     from train.context import RunContext
     from train.stages import STAGES
@@ -97,6 +111,7 @@ def run(recipe: Recipe, recipe_file: Path) -> dict:
     for stage in recipe.stages:
         stage_dir = ctx.stage_dir(stage.name)
         if (stage_dir / MARKER).exists():
+            _check_same_config(stage, stage_dir, recipe_file)
             ctx.log(f"[{stage.name}] complete, skipped")
             results[stage.name] = json.loads((stage_dir / "result.json").read_text())
             continue
@@ -135,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         print("plan:")
         print("\n".join(describe_plan(recipe)))
         return 0
-    run(recipe, Path(args.recipe))
+    try:
+        run(recipe, Path(args.recipe))
+    except RecipeError as err:
+        for line in err.lines:
+            print(line, file=sys.stderr)
+        return 2
     return 0
 
 
