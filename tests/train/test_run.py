@@ -45,6 +45,10 @@ def test_chain_runs_losses_fall_and_export_loads_stock(tmp_path, tiny_corpus):
     # rerun: every stage is complete and skipped
     again = _run(recipe)
     assert "[base] complete, skipped" in again.stderr + again.stdout
+    # a completed stage is not silently reused with other settings
+    changed = _run(recipe, "stages.base.lr=0.5", check=False)
+    assert changed.returncode == 2
+    assert "stages.base: completed in" in changed.stderr and "(lr differ)" in changed.stderr
 
 
 def test_sigkill_during_training_resumes_to_identical_weights(tmp_path, tiny_corpus):
