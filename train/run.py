@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved recipe and the plan, then exit"
     )
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs the memory plan assumes (--dry-run)")
+    parser.add_argument(
+        "--gpu-mem", type=float, default=80.0, help="GiB per GPU for the memory plan (--dry-run)"
+    )
     args = parser.parse_intermixed_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
@@ -147,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        from train.planner import describe_memory
+
         print("plan:")
         print("\n".join(describe_plan(recipe)))
+        print("\n".join(describe_memory(recipe, Path(args.recipe), gpus=args.gpus, gpu_gib=args.gpu_mem)))
         return 0
     try:
         run(recipe, Path(args.recipe))
