@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from rope import RopeSpec, from_hf_config
-from train.recipe import Recipe, produces_model, produces_spec, resolve_path
+from train.recipe import Recipe, resolve_path, source_stage
 
 
 @contextlib.contextmanager
@@ -64,19 +64,11 @@ class RunContext:
             tqdm.write(message, file=sys.stderr)
 
     # ----- which earlier stage a stage reads ---------------------------------------------------
-    def _source(self, stage, field_name: str, produces) -> str | None:
-        ref = getattr(stage, field_name, None)
-        if ref is not None:
-            return ref
-        index = next(i for i, s in enumerate(self.recipe.stages) if s.name == stage.name)
-        earlier = [s.name for s in self.recipe.stages[:index] if produces(s)]
-        return earlier[-1] if earlier else None
-
     def model_source(self, stage) -> str | None:
-        return self._source(stage, "model_from", produces_model)
+        return source_stage(self.recipe, stage, "model_from")
 
     def spec_source(self, stage) -> str | None:
-        return self._source(stage, "spec_from", produces_spec)
+        return source_stage(self.recipe, stage, "spec_from")
 
     # ----- model, tokenizer, spec ----------------------------------------------------------
     @property

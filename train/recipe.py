@@ -222,6 +222,18 @@ def produces_spec(stage) -> bool:
     return stage.kind in ("search", "readjust", "finetune")
 
 
+def source_stage(recipe: Recipe, stage, field: str) -> str | None:
+    """The stage ``stage`` reads its model (``model_from``) or spec (``spec_from``) from: the one
+    it names, else the latest earlier stage that produces one, else None (the recipe's own)."""
+    ref = getattr(stage, field, None)
+    if ref is not None:
+        return ref
+    produces = produces_model if field == "model_from" else produces_spec
+    index = next(i for i, s in enumerate(recipe.stages) if s.name == stage.name)
+    earlier = [s.name for s in recipe.stages[:index] if produces(s)]
+    return earlier[-1] if earlier else None
+
+
 def stage_paths(stage) -> list[str]:
     return [f for f in ("model_from", "spec_from") if getattr(stage, f, None) is not None]
 

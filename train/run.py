@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import yaml
 
 from train.load import RecipeError, load_recipe
-from train.recipe import Recipe
+from train.recipe import Recipe, source_stage
 
 MARKER = "COMPLETE"
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
@@ -40,17 +40,13 @@ def write_json(path: Path, data: dict) -> None:
 
 def describe_plan(recipe: Recipe) -> list[str]:
     """One line per stage: what it reads, what it does, what it writes."""
-    from train.context import RunContext
-
-    ctx = RunContext.__new__(RunContext)
-    ctx.recipe = recipe
     lines = []
     for i, stage in enumerate(recipe.stages):
         reads = []
         if stage.kind not in ("pretrain",) and hasattr(stage, "model_from"):
-            reads.append(f"model←{RunContext.model_source(ctx, stage) or 'recipe model'}")
+            reads.append(f"model←{source_stage(recipe, stage, 'model_from') or 'recipe model'}")
         if hasattr(stage, "spec_from"):
-            reads.append(f"spec←{RunContext.spec_source(ctx, stage) or 'base RoPE'}")
+            reads.append(f"spec←{source_stage(recipe, stage, 'spec_from') or 'base RoPE'}")
         what = stage.kind
         if hasattr(stage, "steps"):
             longest = max(w.length for w in stage.windows)

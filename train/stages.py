@@ -222,9 +222,9 @@ def _run_spec(ctx: RunContext, stage, run, model) -> RopeSpec:
         source = run.spec_from or ctx.spec_source(stage)
         return RopeSpec.from_json(ctx.stage_dir(source) / "spec.json") if source else base
     target = stage.target_length or max(stage.lengths)
-    method = {"linear": "linear", "ntk": "ntk", "yarn": "yarn"}[run.rope]
+    # run.rope is validated to one of linear / ntk / yarn here: the method of the same name
     return RopeSpec(
-        method, base.base, base.head_dim, base.original_length, target, base.partial_rotary_factor
+        run.rope, base.base, base.head_dim, base.original_length, target, base.partial_rotary_factor
     )
 
 
