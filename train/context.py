@@ -8,6 +8,7 @@ produced or trained with), ``result.json``, and ``COMPLETE`` written last.
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +42,22 @@ def _outside_zero_init(accelerator: Accelerator):
 
 
 ARCH_CONFIGS = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+
+
+def plain_from_gguf(model: torch.nn.Module) -> torch.nn.Module:
+    """A GGUF-loaded model as a plain transformers model (same weights, dequantised).
+
+    transformers marks GGUF loads with a ``quantization_config`` and then refuses
+    ``save_pretrained``; the fine-tune and export stages must save, so rebuild the model from
+    its config without it and load the (already dequantised) state dict.
+    """
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain
 
 
 @dataclass
@@ -122,6 +139,8 @@ class RunContext:
             model = AutoModelForCausalLM.from_pretrained(
                 path, local_files_only=True, gguf_file=self.recipe.model.gguf_file, **kwargs
             )
+            if self.recipe.model.gguf_file is not None:
+                model = plain_from_gguf(model)
         if self.recipe.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         return model

