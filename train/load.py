@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from train.recipe import (
+    RECIPE_SOURCE,
     EvalStage,
     ExportStage,
     FinetuneStage,
@@ -176,6 +177,11 @@ def _reference_errors(recipe: Recipe, source: str) -> list[str]:
     lines, seen = [], {}
     for i, stage in enumerate(recipe.stages):
         where = f"{source}: stages[{i}]"
+        if stage.name == RECIPE_SOURCE:
+            lines.append(
+                f"{where}.name: {RECIPE_SOURCE!r} is reserved "
+                f"(model_from/spec_from: {RECIPE_SOURCE} name the recipe's own model and RoPE)"
+            )
         if stage.name in seen:
             lines.append(f"{where}.name: {stage.name!r} is already used by stages[{seen[stage.name]}]")
         lines += _stage_reference_errors(recipe, i, stage, where)
@@ -188,7 +194,7 @@ def _stage_reference_errors(recipe: Recipe, i: int, stage, where: str) -> list[s
     for reader, at in _readers(stage, where):
         for field, ok in (("model_from", produces_model), ("spec_from", produces_spec)):
             ref = getattr(reader, field, None)
-            if ref is None:
+            if ref is None or ref == RECIPE_SOURCE:
                 continue
             later = [j for j, s in enumerate(recipe.stages) if s.name == ref and j >= i]
             earlier = [s for s in recipe.stages[:i] if s.name == ref]

@@ -222,10 +222,17 @@ def produces_spec(stage) -> bool:
     return stage.kind in ("search", "readjust", "finetune")
 
 
+RECIPE_SOURCE = "recipe"
+"""``model_from: recipe`` / ``spec_from: recipe``: the recipe's own model / base RoPE, even after
+stages that produce one (independent branches: several searches from the same base)."""
+
+
 def source_stage(recipe: Recipe, stage, field: str) -> str | None:
     """The stage ``stage`` reads its model (``model_from``) or spec (``spec_from``) from: the one
     it names, else the latest earlier stage that produces one, else None (the recipe's own)."""
     ref = getattr(stage, field, None)
+    if ref == RECIPE_SOURCE:
+        return None
     if ref is not None:
         return ref
     produces = produces_model if field == "model_from" else produces_spec

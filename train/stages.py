@@ -219,7 +219,7 @@ def _run_spec(ctx: RunContext, stage, run, model) -> RopeSpec:
     if run.rope == "original":
         return base
     if run.rope == "spec":
-        source = run.spec_from or ctx.spec_source(stage)
+        source = ctx.spec_source(run) if run.spec_from else ctx.spec_source(stage)
         return RopeSpec.from_json(ctx.stage_dir(source) / "spec.json") if source else base
     target = stage.target_length or max(stage.lengths)
     # run.rope is validated to one of linear / ntk / yarn here: the method of the same name
@@ -248,7 +248,7 @@ def run_eval(stage, ctx: RunContext) -> dict:
     results = {"lengths": stage.lengths, "tasks": stage.tasks, "runs": []}
     loaded: dict = {}
     for run in runs:
-        source = run.model_from or ctx.model_source(stage)
+        source = ctx.model_source(run) if run.model_from else ctx.model_source(stage)
         if source not in loaded:  # one model in memory at a time
             loaded = {source: ctx.load_model_from(source).eval()}
         model = loaded[source]
