@@ -1,21 +1,28 @@
 """Search efficiency: evaluations each algorithm needs to reach within 1% of the best perplexity.
 
-    python benchmarks/search_efficiency.py [--out outputs/bench_search] [--steps 400] [--docs 4]
-        [--algorithms evolution,longrope2,dcis,dcis-noprune] [--max-evals N]
+    python benchmarks/search_efficiency.py --model outputs/tiny_v2/base/model \
+        --tokenizer outputs/tiny_v2/tokenizer [--scales 8,16] [--docs 4] \
+        [--algorithms evolution,longrope2,dcis,...] [--max-evals N] [--out outputs/bench_search]
 
-A small Llama (4 layers, 128 dims, demo BPE tokenizer of 4096, L = 128) is trained here on
-the King James Bible for ``--steps`` steps (cached under ``--out/model``; the tiny recipe's
-base model will replace it). Every algorithm then searches long factors for L' = 8·L = 1024
-with the same objective — plain perplexity on ``--docs`` held-out books truncated to 1024
-tokens (BOS first; LongRoPE's protocol) — at its paper defaults, from a fresh cache. For each
-algorithm the table gives: distinct evaluations, evaluations until its best-so-far is within
-1% of the best perplexity ANY algorithm found, that best, the wall time, and the ratios of
-the first and the wall time to LongRoPE evolution's. PI, NTK and YaRN perplexities at 8×
-(no fine-tuning) are printed beside. Targets (issue 5): DCIS ≤ 0.5× evolution's
-evaluations (the DCIS paper's claim), our best ≤ 0.33×; searched factors beat PI/NTK/YaRN.
+The model is a small RoPE model trained at a short length L: ``--model DIR`` (the tiny
+recipe's base, ``python train/run.py recipes/tiny.yaml``) with ``--tokenizer DIR``; without
+``--model`` a 4-layer 128-dim Llama is trained here for ``--steps`` steps at L = 128 on the
+King James Bible (the old fallback; cached under ``--out/model``). For every scale s in
+``--scales`` every algorithm searches long factors for L' = s·L with the same objective —
+plain perplexity on ``--docs`` KJV books truncated to L' tokens (BOS first; LongRoPE's
+protocol) — at its paper defaults, from a fresh cache. Per scale the table gives: distinct
+evaluations, evaluations until its best-so-far is within 1% of the best perplexity ANY
+algorithm found, that best, the document forwards actually run (early abandonment lowers
+them), the wall time, and the ratios of the evaluation count and the wall time to LongRoPE
+evolution's. PI, NTK and YaRN perplexities at s× (no fine-tuning) are printed beside.
+Targets (issue 5): DCIS ≤ 0.5× evolution's evaluations (the DCIS paper's claim), our best
+≤ 0.33×; searched factors beat PI/NTK/YaRN at 8×.
 
-All algorithms use plain perplexity (LongRoPE2's default is needle perplexity; a
-few-minute model cannot retrieve needles, and one objective makes the counts comparable).
+All algorithms use plain perplexity (LongRoPE2's default is needle perplexity; the tiny base
+cannot retrieve needles, and one objective makes the counts comparable).
+
+``run_benchmark(...)`` is the importable core (``benchmarks/reproduce.py``): it returns the
+results dict that the CLI prints as tables and writes to ``--out/results.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,26 +43,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-L, SCALE, SEQ_TRAIN, BATCH = 128, 8, 128, 16
-VARIANTS = {
+L_FALLBACK, SEQ_TRAIN, BATCH = 128, 128, 16
+VARIANTS: dict[str, tuple[str, dict]] = {
     "evolution": ("evolution", {}),
     "longrope2": ("longrope2", {}),
     "dcis": ("dcis", {}),
     "dcis-noprune": ("dcis", {"prune": False}),
 }
+"""Benchmark name → (``SEARCH_ALGORITHMS`` key, settings); every entry at its defaults."""
+DEFAULT_ALGORITHMS = tuple(VARIANTS)
+WITHIN = 0.01
+""""Reached" = best-so-far within 1% of the best perplexity any algorithm found at that scale."""
 
 
-def _tokenized_books(out: Path):
+# ----- model and documents -----------------------------------------------------------------
+def _fallback_tokenizer_and_books(out: Path):
     from data.corpus import load_demo_corpus
     from data.tokenizer import train_demo_tokenizer
 
     tok = train_demo_tokenizer(out / "tokenizer", vocab_size=4096)
-    books = [tok.encode(b, add_special_tokens=False) for b in load_demo_corpus("kjv")]
-    return tok, books
+    return tok, [tok.encode(b, add_special_tokens=False) for b in load_demo_corpus("kjv")]
 
 
 def train_model(out: Path, books: list[list[int]], held_out: set[int], steps: int):
-    """A 4-layer 128-dim Llama trained at length 128 (cached: reused when present)."""
+    """Fallback: a 4-layer 128-dim Llama trained at length 128 (cached: reused when present)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -64,7 +76,7 @@ def train_model(out: Path, books: list[list[int]], held_out: set[int], steps: in
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=4096, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=L,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=L_FALLBACK,
         rope_parameters={"rope_type": "default", "rope_theta": 10_000.0}, tie_word_embeddings=True,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, attn_implementation="sdpa",
     )  # fmt: skip
@@ -88,42 +100,69 @@ def train_model(out: Path, books: list[list[int]], held_out: set[int], steps: in
     return model
 
 
-def _template():
+def load_model(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None):
+    """A saved model (and its tokenizer: ``tokenizer_dir``, else the model's own directory)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or model_dir))
+    return model, tok
+
+
+def original_length(model) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "original_max_position_embeddings", None) or cfg.max_position_embeddings)
+
+
+def template(model, scale: int):
+    """An all-ones ``longrope`` spec with the model's rotary geometry, for L' = scale·L."""
     from rope import RopeSpec
 
-    return RopeSpec("longrope", base=10_000.0, head_dim=32, original_length=L, target_length=SCALE * L,
-                    long_factor=[1.0] * 16)  # fmt: skip
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    params = getattr(cfg, "rope_parameters", None) or {}
+    base = float(params.get("rope_theta", getattr(cfg, "rope_theta", 10_000.0)))
+    partial = float(params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", 1.0)))
+    n_pairs = int(head_dim * partial) // 2
+    L = original_length(model)
+    return RopeSpec("longrope", base=base, head_dim=head_dim, partial_rotary_factor=partial,
+                    original_length=L, target_length=scale * L, long_factor=[1.0] * n_pairs)  # fmt: skip
 
 
-def baselines(model, rows) -> dict[str, float]:
+# ----- measuring ---------------------------------------------------------------------------
+def baselines(model, rows, scale: int) -> dict[str, float]:
+    """PI / NTK / YaRN / plain extrapolation perplexity at L' = scale·L, no fine-tuning."""
     from eval.scorer import build_scorer
     from rope import RopeSpec
 
-    t = _template()
-    common = dict(base=t.base, head_dim=t.head_dim, original_length=L, target_length=t.target_length)
-    specs = {m: RopeSpec(m, **common) for m in ("linear", "ntk", "yarn")}
-    scores = build_scorer(model, rows)(list(specs.values()))
-    out = {"PI": scores[0], "NTK": scores[1], "YaRN": scores[2]}
-    out["none (8x extrapolation)"] = build_scorer(model, rows)([t])[0]
-    return out
+    t = template(model, scale)
+    common = dict(base=t.base, head_dim=t.head_dim, partial_rotary_factor=t.partial_rotary_factor,
+                  original_length=t.original_length, target_length=t.target_length)  # fmt: skip
+    specs = [RopeSpec(m, **common) for m in ("linear", "ntk", "yarn")] + [t]
+    scores = build_scorer(model, rows)(specs)
+    return dict(zip(("PI", "NTK", "YaRN", "none (extrapolation)"), scores))
 
 
-def run_variant(name: str, model, rows, out: Path, max_evals: int | None) -> dict:
+def run_variant(name: str, model, rows, scale: int, out: Path, max_evals: int | None, seed: int,
+                progress: bool) -> dict:  # fmt: skip
     from eval.scorer import build_scorer
     from rope.search import run_search
 
     alg, cfg = VARIANTS[name]
-    run_dir = out / "runs" / name
+    run_dir = out / "runs" / f"{scale}x" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # fresh cache: wall time is measured, not replayed
+    scorer = build_scorer(model, rows)
     start = time.perf_counter()
-    result = run_search(alg, _template(), build_scorer(model, rows), cfg or None, out_dir=run_dir,
-                        max_evaluations=max_evals, progress=True)  # fmt: skip
+    result = run_search(alg, template(model, scale), scorer, dict(cfg) or None, out_dir=run_dir, seed=seed,
+                        max_evaluations=max_evals, progress=progress)  # fmt: skip
     wall = time.perf_counter() - start
-    return {"evals": result.evaluations, "best": result.score, "wall": wall, "scores": result.scores,
-            "factors": list(result.spec.long_factor), "n_hat": result.spec.n_hat}  # fmt: skip
+    return {"algorithm": alg, "settings": cfg, "evals": result.evaluations, "best": result.score,
+            "wall": wall, "forwards": scorer.forwards, "abandoned": scorer.abandoned,
+            "scores": result.scores, "factors": list(result.spec.long_factor), "n_hat": result.spec.n_hat,
+            "log": str(run_dir / "evaluations.jsonl")}  # fmt: skip
 
 
-def evals_to_reach(scores: list[float], threshold: float) -> int | None:
+def evals_to_reach(scores: Sequence[float], threshold: float) -> int | None:
     best = math.inf
     for i, s in enumerate(scores, 1):
         best = min(best, s)
@@ -132,68 +171,147 @@ def evals_to_reach(scores: list[float], threshold: float) -> int | None:
     return None
 
 
-def table(results: dict[str, dict], base: dict[str, float]) -> str:
+def summarize(results: dict[str, dict]) -> dict:
+    """Add ``reach`` (evaluations to ≤1% of the best any algorithm found) and ratios to evolution."""
     best = min(r["best"] for r in results.values())
-    thr = best * 1.01
+    threshold = best * (1 + WITHIN)
+    for r in results.values():
+        r["reach"] = evals_to_reach(r["scores"], threshold)
     ref = results.get("evolution")
-    ref_n = evals_to_reach(ref["scores"], thr) if ref else None
-    lines = [f"best perplexity found by any algorithm: {best:.4f} (1% threshold {thr:.4f})", "",
-             "| algorithm | evals | evals to ≤1% of best | best ppl | wall s | evals ratio vs evolution | wall ratio |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, r in results.items():
-        n = evals_to_reach(r["scores"], thr)
-        ratio = f"{n / ref_n:.3f}" if n and ref_n else "n/a (not reached)"
-        wall = f"{r['wall'] / ref['wall']:.3f}" if ref else "n/a"
-        lines.append(
-            f"| {name} | {r['evals']} | {n or 'not reached'} | {r['best']:.4f} | {r['wall']:.1f} | {ratio} | {wall} |"
-        )
-    lines += ["", "| baseline at 8x, no fine-tuning | ppl |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in base.items()]
+    for r in results.values():
+        ok = ref is not None and r["reach"] and ref["reach"]
+        r["reach_ratio"] = r["reach"] / ref["reach"] if ok else None
+        r["wall_ratio"] = r["wall"] / ref["wall"] if ref is not None and ref["wall"] > 0 else None
+    return {"best": best, "threshold": threshold}
+
+
+def run_benchmark(
+    *,
+    model_dir: str | os.PathLike | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike = "outputs/bench_search",
+    scales: Sequence[int] = (8, 16),
+    algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+    docs: int = 4,
+    max_evals: int | None = None,
+    steps: int = 400,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run every algorithm at every scale; returns ``{"setup": ..., "scales": {"8": ...}}``.
+
+    Each ``scales[str(s)]`` holds ``results`` (per algorithm: evals, reach, best, wall,
+    forwards, reach_ratio, wall_ratio, scores, factors, log path), ``baselines`` (PI / NTK /
+    YaRN / extrapolation perplexity), ``best`` and ``threshold``. Nothing is printed but
+    progress lines through ``log``; :func:`report` formats the tables.
+    """
+    import torch
+
+    from eval.perplexity import perplexity, truncated_rows
+
+    unknown = [a for a in algorithms if a not in VARIANTS]
+    if unknown:
+        raise ValueError(f"algorithms: unknown {unknown}; expected names from {list(VARIANTS)}")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from data.corpus import load_demo_corpus
+
+    if model_dir is not None:
+        model, tok = load_model(model_dir, tokenizer_dir)
+        books = [tok.encode(b, add_special_tokens=False) for b in load_demo_corpus("kjv")]
+        held: list[int] = []
+        source = f"{model_dir} (tokenizer {tokenizer_dir or model_dir})"
+    else:
+        tok, books = _fallback_tokenizer_and_books(out)
+        held = [i for i, b in enumerate(books) if len(b) >= max(scales) * L_FALLBACK][-docs:]
+        model = train_model(out, books, set(held), steps)
+        source = f"fallback: trained here for {steps} steps ({out / 'model'})"
+    L = original_length(model)
+    longest = max(scales) * L
+    # the longest books that hold the longest target; the same documents at every scale
+    picked = held or [i for i, b in enumerate(books) if len(b) >= longest][-docs:]
+    if len(picked) < docs:
+        raise ValueError(f"docs: {docs} KJV books of >= {longest} tokens wanted, found {len(picked)}")
+    setup = {
+        "model": source,
+        "original_length": L,
+        "documents": [tok.decode(books[i][:12]).split("\n")[0].strip() for i in picked],
+        "documents_in_training": model_dir is not None,
+        "ppl_at_L": perplexity(model, truncated_rows([books[i] for i in picked], L, bos_id=tok.bos_token_id)),
+        "seed": seed,
+        "max_evals": max_evals,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_start": os.getloadavg()[0],
+    }
+    log(f"model {source}: L={L}, ppl at L {setup['ppl_at_L']:.4f}; documents {setup['documents']}")
+    by_scale = {}
+    for scale in scales:
+        rows = truncated_rows([books[i] for i in picked], scale * L, bos_id=tok.bos_token_id)
+        base = baselines(model, rows, scale)
+        log(f"{scale}x baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in base.items()))
+        results = {}
+        for name in algorithms:
+            results[name] = r = run_variant(name, model, rows, scale, out, max_evals, seed, progress)
+            log(f"{scale}x {name}: best {r['best']:.4f} after {r['evals']} evals, {r['wall']:.1f} s")
+        by_scale[str(scale)] = {"results": results, "baselines": base, **summarize(results)}
+    setup["load_avg_end"] = os.getloadavg()[0]
+    return {"setup": setup, "scales": by_scale}
+
+
+# ----- reporting ---------------------------------------------------------------------------
+def report(bench: dict) -> str:
+    """Markdown tables of a :func:`run_benchmark` result, one block per scale."""
+    lines = []
+    for scale, s in bench["scales"].items():
+        lines += [f"### {scale}x (L' = {int(scale) * bench['setup']['original_length']})", "",
+                  f"best perplexity found by any algorithm: {s['best']:.4f} (1% threshold {s['threshold']:.4f})",
+                  "",
+                  "| algorithm | evals | evals to ≤1% of best | best ppl | doc forwards | wall s "
+                  "| evals-to-1% ratio vs evolution | wall ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for name, r in s["results"].items():
+            ratio = f"{r['reach_ratio']:.3f}" if r["reach_ratio"] is not None else "–"
+            wall = f"{r['wall_ratio']:.3f}" if r["wall_ratio"] is not None else "–"
+            lines.append(f"| {name} | {r['evals']} | {r['reach'] or 'not reached'} | {r['best']:.4f} "
+                         f"| {r['forwards']} | {r['wall']:.1f} | {ratio} | {wall} |")  # fmt: skip
+        lines += ["", f"| baseline at {scale}x, no fine-tuning | ppl |", "|---|---:|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in s["baselines"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="saved model dir (default: train a fallback here)")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the model's dir)")
     ap.add_argument("--out", default="outputs/bench_search")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--scales", default="8,16", help="comma-separated L'/L, e.g. 8,16")
+    ap.add_argument("--steps", type=int, default=400, help="fallback model's training steps")
     ap.add_argument("--docs", type=int, default=4)
-    ap.add_argument("--algorithms", default=",".join(VARIANTS))
+    ap.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS))
     ap.add_argument("--max-evals", type=int, default=None)
-    args = ap.parse_args()
-    import torch
-
-    from eval.perplexity import truncated_rows
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    bench = run_benchmark(
+        model_dir=args.model, tokenizer_dir=args.tokenizer, out=args.out,
+        scales=[int(s) for s in args.scales.split(",")], algorithms=args.algorithms.split(","),
+        docs=args.docs, max_evals=args.max_evals, steps=args.steps, seed=args.seed,
+        progress=not args.no_progress, log=lambda m: print(m, flush=True),
+    )  # fmt: skip
+    text = report(bench)
+    print(text)
+    out = Path(args.out)
+    (out / "report.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(bench, indent=1))
     from rope.search.state import plot_progress
 
-    torch.set_num_threads(2)
-    out = Path(args.out)
-    tok, books = _tokenized_books(out)
-    long_books = [i for i, b in enumerate(books) if len(b) >= SCALE * L][-args.docs :]
-    model = train_model(out, books, set(long_books), args.steps)
-    rows = truncated_rows([books[i] for i in long_books], SCALE * L, bos_id=tok.bos_token_id)
-    print(
-        f"ppl at L={L}: {baselines_at_l(model, rows):.4f}; searching with {len(rows)} docs × {SCALE * L} tokens"
-    )
-    base = baselines(model, rows)
-    results = {}
-    for name in args.algorithms.split(","):
-        results[name] = run_variant(name, model, rows, out, args.max_evals)
-        print(
-            f"{name}: best {results[name]['best']:.4f} after {results[name]['evals']} evals, {results[name]['wall']:.1f} s",
-            flush=True,
-        )
-    report = table(results, base)
-    print(report)
-    (out / "report.md").write_text(report + "\n")
-    (out / "results.json").write_text(json.dumps({"results": results, "baselines": base}, indent=1))
-    plot_progress({k: r["scores"] for k, r in results.items()}, out / "search_efficiency.png",
-                  title=f"factor search, {SCALE}x (L={L})")  # fmt: skip
-
-
-def baselines_at_l(model, rows) -> float:
-    from eval.perplexity import perplexity
-
-    return perplexity(model, [r[:L] for r in rows])
+    for scale, s in bench["scales"].items():
+        plot_progress({k: r["scores"] for k, r in s["results"].items()}, out / f"search_efficiency_{scale}x.png",
+                      title=f"factor search, {scale}x (L={bench['setup']['original_length']})")  # fmt: skip
+    return bench
 
 
 if __name__ == "__main__":

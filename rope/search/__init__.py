@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rope.search.dcis import DCISConfig, run_dcis
-from rope.search.evolution import EvolutionConfig, baseline_factors, run_evolution
+from rope.search.evolution import EvolutionConfig, PopulationConfig, baseline_factors, run_evolution
 from rope.search.longrope2 import LongRoPE2Config, run_longrope2
-from rope.search.runner import SearchResult, readjust, run_search, to_spec
+from rope.search.runner import SearchResult, readjust, resolve_config, run_search, to_spec
 from rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError
 
 
@@ -45,11 +45,13 @@ __all__ = [
     "EvolutionConfig",
     "FactorSpace",
     "LongRoPE2Config",
+    "PopulationConfig",
     "SearchAlgorithm",
     "SearchConfigError",
     "SearchResult",
     "baseline_factors",
     "readjust",
+    "resolve_config",
     "run_search",
     "to_spec",
 ]

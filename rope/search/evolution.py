@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -34,9 +34,15 @@ INITS = ("paper", "yarn")
 
 
 @dataclass(frozen=True)
-class EvolutionConfig:
+class PopulationConfig:
+    """The evolution loop's sizes and rates, shared by LongRoPE and LongRoPE2 (Algorithm 1 of
+    LongRoPE; LongRoPE2 reuses it with the same numbers). Defaults are the papers'."""
+
+    NAME: ClassVar[str] = "evolution"
+    """Prefix of this config's error messages (the ``SEARCH_ALGORITHMS`` key)."""
+
     population: int = 64
-    """Initial population size (METHODS.md §LongRoPE: 64)."""
+    """Initial population size (METHODS.md §LongRoPE / §LongRoPE2: 64)."""
     generations: int = 40
     """Iterations after the initial population (paper: 40)."""
     parents: int = 32
@@ -49,6 +55,29 @@ class EvolutionConfig:
     """Probability that a pair (and n̂) is resampled in a mutant (paper: 0.3)."""
     crossover_prob: float = 0.15
     """Probability that a crossover child takes a pair from the second parent (paper: 0.15)."""
+    max_crossover_tries: int = 20
+    """Failed crossovers before a mutant replaces the child (paper: 20)."""
+    max_mutation_tries: int = 100
+    """Bound on mutation retries for one novel valid child (the public code loops forever)."""
+
+    def validate_population(self) -> None:
+        name = self.NAME
+        for field, minimum in (("population", 1), ("generations", 0), ("parents", 1), ("mutants", 0),
+                               ("crossovers", 0), ("max_crossover_tries", 1), ("max_mutation_tries", 1)):  # fmt: skip
+            check_int(f"{name}.{field}", getattr(self, field), minimum)
+        if self.population < self.parents:
+            raise SearchConfigError(
+                f"{name}.population: {self.population} is smaller than parents={self.parents}; "
+                "expected population >= parents"
+            )
+        if self.crossovers and self.parents < 2:
+            raise SearchConfigError(f"{name}.parents: crossover needs at least 2 parents")
+        check_prob(f"{name}.mutation_prob", self.mutation_prob)
+        check_prob(f"{name}.crossover_prob", self.crossover_prob)
+
+
+@dataclass(frozen=True)
+class EvolutionConfig(PopulationConfig):
     min_factor: float = 1.0
     """Smallest λ (paper: 1)."""
     max_factor_ratio: float = 1.25
@@ -59,10 +88,6 @@ class EvolutionConfig:
     """"paper": PI, NTK, YaRN + mutants; "yarn": YaRN (β_fast 32, β_slow 1) + mutants (public code)."""
     n_hat_choices: tuple[int, ...] = PAPER_N_HAT
     """n̂ values tried (paper's list); values ≥ L are dropped; (0,) disables the n̂ search."""
-    max_crossover_tries: int = 20
-    """Failed crossovers before a mutant replaces the child (paper: 20)."""
-    max_mutation_tries: int = 100
-    """Bound on mutation retries for one novel valid child (the public code loops forever)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_hat_choices", tuple(self.n_hat_choices))
@@ -71,20 +96,7 @@ class EvolutionConfig:
         return self.max_factor if self.max_factor is not None else self.max_factor_ratio * template.scale
 
     def validate(self, template: RopeSpec, field: str = "long_factor") -> None:
-        for name, minimum in (("population", 1), ("generations", 0), ("parents", 1), ("mutants", 0)):
-            check_int(f"evolution.{name}", getattr(self, name), minimum)
-        check_int("evolution.crossovers", self.crossovers, 0)
-        check_int("evolution.max_crossover_tries", self.max_crossover_tries, 1)
-        check_int("evolution.max_mutation_tries", self.max_mutation_tries, 1)
-        if self.population < self.parents:
-            raise SearchConfigError(
-                f"evolution.population: {self.population} is smaller than parents={self.parents}; "
-                "expected population >= parents"
-            )
-        if self.crossovers and self.parents < 2:
-            raise SearchConfigError("evolution.parents: crossover needs at least 2 parents")
-        check_prob("evolution.mutation_prob", self.mutation_prob)
-        check_prob("evolution.crossover_prob", self.crossover_prob)
+        self.validate_population()
         if self.init not in INITS:
             raise SearchConfigError(f"evolution.init: expected one of {INITS}, got {self.init!r}")
         if not self.n_hat_choices or any(n < 0 for n in self.n_hat_choices):

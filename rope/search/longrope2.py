@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from rope.longrope2 import long_factor_from_upper, theoretical_critical_dim
-from rope.search.evolution import Operators, evolve
-from rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError, check_int, check_prob, snap
+from rope.search.evolution import Operators, PopulationConfig, evolve
+from rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError, snap
 
 SEED_STREAM = 1_000_000
 """Generation number of the seed draws (distinct from the initial mutants' stream 0)."""
@@ -34,21 +34,13 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class LongRoPE2Config:
-    population: int = 64
-    """Population size (METHODS.md §LongRoPE2: 64)."""
-    generations: int = 40
-    """Iterations (paper: 40)."""
-    parents: int = 32
-    """Top candidates kept each generation (LongRoPE's Algorithm 1: 32)."""
-    mutants: int = 16
-    """Mutated children per generation (LongRoPE: 16)."""
-    crossovers: int = 16
-    """Crossover children per generation (LongRoPE: 16)."""
-    mutation_prob: float = 0.3
-    """Per-pair resampling probability (paper: 0.3)."""
-    crossover_prob: float = 0.15
-    """Per-pair probability of taking the second parent's factor (LongRoPE: 0.15)."""
+class LongRoPE2Config(PopulationConfig):
+    """LongRoPE's evolution loop (:class:`PopulationConfig`: population 64, 40 iterations,
+    p = 0.3 as METHODS.md §LongRoPE2; parents / children / crossover as LongRoPE's) over the
+    pairs above the critical dimension."""
+
+    NAME: ClassVar[str] = "longrope2"
+
     critical_dim: int | None = None
     """Fixed d_rcd in pairs; None spans the initial population over candidate critical dims."""
     init_min_periods: float = 10.0
@@ -57,24 +49,11 @@ class LongRoPE2Config:
     """Searched λ lower bound as a multiple of s (paper: s)."""
     max_ratio: float = 2.0
     """Searched λ upper bound as a multiple of s (paper: 2s)."""
-    max_crossover_tries: int = 20
-    """Failed crossovers before a mutant replaces the child (LongRoPE: 20)."""
-    max_mutation_tries: int = 100
-    """Bound on mutation retries for one novel valid child."""
 
     def validate(self, template: RopeSpec, field: str = "long_factor") -> None:
         if field != "long_factor":
             raise SearchConfigError("longrope2: field: the critical-dimension search is for long_factor only")
-        for name, minimum in (("population", 1), ("generations", 0), ("parents", 2), ("mutants", 0)):
-            check_int(f"longrope2.{name}", getattr(self, name), minimum)
-        check_int("longrope2.crossovers", self.crossovers, 0)
-        if self.population < self.parents:
-            raise SearchConfigError(
-                f"longrope2.population: {self.population} is smaller than parents={self.parents}; "
-                "expected population >= parents"
-            )
-        check_prob("longrope2.mutation_prob", self.mutation_prob)
-        check_prob("longrope2.crossover_prob", self.crossover_prob)
+        self.validate_population()
         n = template.geometry.n_pairs
         for rcd in self.critical_dims(template):
             if not 1 <= rcd < n:

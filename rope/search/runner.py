@@ -95,7 +95,11 @@ def factor_template(template: RopeSpec, *, target_length: int | None = None) -> 
     )
 
 
-def _resolve_config(algorithm: str, config: Any):
+def resolve_config(algorithm: str, config: Any):
+    """``(SEARCH_ALGORITHMS[algorithm], its config)`` from a config dataclass, a dict of its
+    fields or None (defaults); an unknown algorithm, field or config type raises
+    :class:`SearchConfigError`. Ranges that depend on the template are checked later by
+    ``config.validate(template, field)``."""
     from rope.search import SEARCH_ALGORITHMS
 
     if algorithm not in SEARCH_ALGORITHMS:
@@ -118,6 +122,10 @@ def _resolve_config(algorithm: str, config: Any):
             f"config: expected a {entry.config.__name__} for {algorithm!r}, got {type(config).__name__}"
         )
     return entry, config
+
+
+_resolve_config = resolve_config
+"""Old private name, kept for ``train/stages.py``."""
 
 
 def check_template(template: RopeSpec, field: str) -> None:
@@ -151,7 +159,7 @@ def run_search(
     search after that many distinct candidates (the best so far is returned).
     """
     check_template(template, field)
-    entry, config = _resolve_config(algorithm, config)
+    entry, config = resolve_config(algorithm, config)
     template = factor_template(template)
     config.validate(template, field)
     config_json = dataclasses.asdict(config)
@@ -232,6 +240,6 @@ def readjust(
         raise SearchConfigError(
             "algorithm: readjust supports 'evolution' and 'dcis' (longrope2 is long-only)"
         )
-    _, config = _resolve_config(algorithm, config)
+    _, config = resolve_config(algorithm, config)
     config = config.for_readjust(max_factor)
     return run_search(algorithm, template, score, config, field="short_factor", **kwargs)

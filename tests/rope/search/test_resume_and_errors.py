@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -115,3 +116,19 @@ def test_readjust_searches_short_factor_in_a_small_range():
     assert evo.spec.n_hat == 0 and max(evo.spec.short_factor) <= 2.0
     with pytest.raises(SearchConfigError, match=r"length: readjustment targets a length in 2\.\.L=128"):
         readjust("dcis", base, never_called, length=2 * L)
+
+
+def test_population_fields_are_shared_and_checked_with_the_algorithms_name():
+    from rope.search import PopulationConfig, resolve_config
+    from rope.search.runner import _resolve_config
+
+    assert _resolve_config is resolve_config  # train/stages.py imports the old name
+    shared = {f.name for f in dataclasses.fields(PopulationConfig)}
+    assert shared <= {f.name for f in dataclasses.fields(EvolutionConfig)}
+    assert shared <= {f.name for f in dataclasses.fields(LongRoPE2Config)}
+    entry, cfg = resolve_config("longrope2", {"population": 4, "parents": 8})
+    assert entry.name == "longrope2" and cfg.population == 4
+    with pytest.raises(SearchConfigError, match=r"longrope2\.population: 4 is smaller than parents=8"):
+        cfg.validate(template())
+    with pytest.raises(SearchConfigError, match=r"longrope2\.max_mutation_tries"):
+        LongRoPE2Config(max_mutation_tries=0).validate(template())
