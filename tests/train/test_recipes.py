@@ -8,7 +8,7 @@ import pytest
 
 from train.load import load_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.yaml"))
 
 
 def test_the_expected_recipes_exist():
@@ -21,6 +21,10 @@ def test_the_expected_recipes_exist():
         "phi3_mini_128k",
         "dcis_llama2_64k",
         "dpe_llama3_128k",
+        "smollm2_135m_32k",
+        "no_finetune",
+        "mixed_window",
+        "long_window",
     } <= names
 
 

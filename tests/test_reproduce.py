@@ -1,0 +1,70 @@
+"""benchmarks/reproduce.py: the report is built from eval results, with "pending" for what is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repro(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "OUT", tmp_path)
+    return mod
+
+
+def _eval_stage(d: Path, runs: list[dict]) -> None:
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"runs": runs}))
+    (d / "COMPLETE").write_text("")
+
+
+def _ppl(values: dict[int, float]) -> dict:
+    return {"ppl": {"by_length": {str(k): {"ppl": v} for k, v in values.items()}}}
+
+
+def _passkey(length: int, pairs: list[tuple[str, str]]) -> dict:
+    rows = [{"length": length, "answer": a, "output": o, "score": 100.0 * (a == o)} for a, o in pairs]
+    return {"passkey": {"samples": rows}}
+
+
+def test_digit_accuracy_counts_digits_in_place(repro):
+    assert repro.digit_accuracy("66226", "66226") == 100.0
+    assert repro.digit_accuracy("66226", "46626") == 60.0  # positions 2, 4 and 5 match
+    assert repro.digit_accuracy("66226", "662") == 60.0  # a short output scores its digits only
+    assert repro.digit_accuracy("12345", "no digits") == 0.0
+    assert repro.digit_accuracy("12345", "key: 123 then 45") == 60.0  # the first run of digits only
+
+
+def test_report_from_results_with_pending_cells(repro, tmp_path):
+    runs = [
+        {"name": "none (extrapolation)", "tasks": _ppl({128: 16.0, 1024: 40.0})},
+        {"name": "PI", "tasks": _ppl({128: 38.0, 1024: 47.0})},
+        {"name": "NTK", "tasks": _ppl({128: 17.0, 1024: 30.0})},
+        {"name": "YaRN", "tasks": {**_ppl({128: 20.0, 1024: 28.0}), **_passkey(1024, [("12345", "12000")])}},
+        {"name": "LongRoPE (evolution)", "tasks": _ppl({128: 16.0, 1024: 23.0})},
+        {"name": "LongRoPE (evolution + n̂)", "tasks": _ppl({128: 16.0, 1024: 24.0})},
+        {"name": "DCIS", "tasks": _ppl({128: 16.0, 1024: 22.0})},
+    ]
+    _eval_stage(tmp_path / "no_finetune" / "eval_ppl", runs)
+    # an eval stage without its completion marker is not read (interrupted runs)
+    (tmp_path / "mixed_window" / "eval_ppl").mkdir(parents=True)
+    (tmp_path / "mixed_window" / "eval_ppl" / "results.json").write_text(
+        json.dumps({"runs": [{"name": "mixed-window fine-tune", "tasks": _ppl({128: 1.0})}]})
+    )
+    text = repro.build_report()
+    line = next(x for x in text.splitlines() if x.startswith("| LongRoPE: searched factors"))
+    assert "**holds**" in line and "DCIS 22.00 vs best baseline 28.00" in line
+    line = next(x for x in text.splitlines() if x.startswith("| LongRoPE: searching n̂"))
+    assert "**does not hold**" in line
+    line = next(x for x in text.splitlines() if x.startswith("| LongRoPE2: mixed-window"))
+    assert "| pending |" in line  # the mixed run is incomplete: no verdict from it
+    yarn = next(x for x in text.splitlines() if x.startswith("| YaRN |"))
+    assert "| 20.00 | pending | pending | 28.00 | 0 | 40.0 |" in yarn
