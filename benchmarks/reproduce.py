@@ -321,12 +321,15 @@ def build_report() -> str:
     rows = []
     for n in ("original (no scaling)", "PI", "YaRN", "LongRoPE2 (searched)"):
         t = smol.get(n, {})
-        rows.append([n] + [fmt(ppl(t, x)) for x in smol_lengths] + sum(
-            ([fmt(retrieval(t, x).get("passkey"), 0), fmt(retrieval(t, x).get("passkey_digits"), 1)]
-             for x in smol_lengths), []))  # fmt: skip
+        keys = [(x, k, d) for x in smol_lengths for k, d in (("passkey", 0), ("passkey_digits", 1))]
+        rows.append(
+            [n]
+            + [fmt(ppl(t, x)) for x in smol_lengths]
+            + [fmt(retrieval(t, x).get(k), d) for x, k, d in keys]
+        )
     body += table(
         ["method"] + [f"ppl {x}" for x in smol_lengths]
-        + sum(([f"passkey % @{x}", f"passkey digits % @{x}"] for x in smol_lengths), []),
+        + [f"passkey{w} % @{x}" for x in smol_lengths for w in ("", " digits")],
         rows,
     )  # fmt: skip
     body.append("")
