@@ -128,8 +128,13 @@ class DPEPlan:
     window: int
 
 
+QUERY_BLOCK = 1024
+"""Queries per block: the score tensors are [b, heads, block, keys] instead of [b, heads, n, n]
+(at 16k tokens and 9 heads, 0.6 GB per tensor instead of 10 GB). Same math row by row."""
+
+
 def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Eager attention with DPE's two-part positions (see module docstring)."""
+    """Eager attention with DPE's two-part positions (see module docstring), in query blocks."""
     from transformers.models.llama.modeling_llama import repeat_kv
 
     plan: DPEPlan = module._longctx_dpe
@@ -145,17 +150,26 @@ def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.
         repeat_kv(key, module.num_key_value_groups),
         repeat_kv(value, module.num_key_value_groups),
     )
-    near = torch.matmul(query, key_states.transpose(2, 3)) * scaling  # [b, h, q, k]
-    far_k = _rotate(key_states, dk.float())
-    far = torch.matmul(_rotate(query, dq.float()), far_k.transpose(2, 3)) * scaling
-    local = (q_pos[:, :, None] - k_pos[:, None, :]) < plan.window  # [b, q, k]
-    weights = torch.where(local[:, None], near, far)
-    if attention_mask is not None:
-        weights = weights + attention_mask[..., :k_len]
-    weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
-    out = torch.matmul(weights, value_states).transpose(1, 2).contiguous()  # [b, q, h, d]
-    return out, weights
+    far_k = _rotate(key_states, dk.float()).transpose(2, 3)
+    far_q = _rotate(query, dq.float())
+    outs, all_weights = [], []
+    for start in range(0, q_len, QUERY_BLOCK):
+        rows = slice(start, min(start + QUERY_BLOCK, q_len))
+        near = torch.matmul(query[:, :, rows], key_states.transpose(2, 3)) * scaling  # [b, h, block, k]
+        far = torch.matmul(far_q[:, :, rows], far_k) * scaling
+        local = (q_pos[:, rows, None] - k_pos[:, None, :]) < plan.window  # [b, block, k]
+        weights = torch.where(local[:, None], near, far)
+        del near, far
+        if attention_mask is not None:
+            mask = attention_mask[..., :k_len]
+            weights = weights + (mask if mask.shape[-2] == 1 else mask[..., rows, :])
+        weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+        weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+        outs.append(torch.matmul(weights, value_states))
+        if q_len <= QUERY_BLOCK:
+            all_weights.append(weights)
+    out = torch.cat(outs, dim=2).transpose(1, 2).contiguous()  # [b, q, h, d]
+    return out, (all_weights[0] if all_weights else None)
 
 
 def _register() -> None:

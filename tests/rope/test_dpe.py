@@ -82,6 +82,36 @@ def test_attention_uses_remapped_positions_beyond_the_window_for_selected_pairs_
     assert torch.allclose(out.transpose(1, 2), want, atol=1e-9)
 
 
+def test_query_blocks_give_the_same_attention(monkeypatch):
+    """Long inputs run in query blocks (bounded memory): the result equals one block."""
+    import rope.dpe as dpe
+
+    torch.manual_seed(1)
+    n, d, window = 23, 8, 4
+    inv = 1.0 / (10_000.0 ** (torch.arange(0, d, 2).double() / d))
+    module = types.SimpleNamespace(
+        _longctx_dpe=DPEPlan(inv, torch.tensor([1.0, 2.0, 4.0, 3.0]), window),
+        num_key_value_groups=2,
+        training=False,
+    )
+    q = torch.randn(2, 4, n, d, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, n, d, dtype=torch.float64) for _ in range(2))
+    causal = torch.full((n, n), float("-inf"), dtype=torch.float64).triu(1)[None, None].expand(2, 1, n, n)
+    whole, weights = dpe_attention(module, q, k, v, causal, 0.5)
+    assert weights is not None and weights.shape == (2, 4, n, n)
+    monkeypatch.setattr(dpe, "QUERY_BLOCK", 5)  # 5 blocks, the last one short
+    blocked, weights = dpe_attention(module, q, k, v, causal, 0.5)
+    assert weights is None
+    assert torch.allclose(blocked, whole, atol=1e-12, rtol=0)
+    # a mask that broadcasts over queries (decoding) is used as is
+    pad = torch.zeros(2, 1, 1, n, dtype=torch.float64)
+    pad[0, ..., :3] = float("-inf")
+    monkeypatch.setattr(dpe, "QUERY_BLOCK", 1024)
+    ref, _ = dpe_attention(module, q, k, v, pad, 0.5)
+    monkeypatch.setattr(dpe, "QUERY_BLOCK", 7)
+    assert torch.allclose(dpe_attention(module, q, k, v, pad, 0.5)[0], ref, atol=1e-12, rtol=0)
+
+
 def test_key_dims_keep_unselected_pairs_and_selection_by_norms():
     model = tiny_model(tiny_config("llama", max_position_embeddings=L))
     batches = [torch.randint(3, 128, (1, L), generator=torch.Generator().manual_seed(1))]
