@@ -238,16 +238,71 @@ def _environment_errors(recipe: Recipe, source: str) -> list[str]:
 
     import torch
 
+    lines = []
     if recipe.model.attention == "flash":
         if not torch.cuda.is_available():
-            return [
+            lines.append(
                 f"{source}: model.attention: 'flash' needs a CUDA GPU and none is visible; use 'auto' or 'sdpa' on CPU"
-            ]
-        if importlib.util.find_spec("flash_attn") is None:
-            return [
+            )
+        elif importlib.util.find_spec("flash_attn") is None:
+            lines.append(
                 f"{source}: model.attention: 'flash' needs the flash-attn package (pip install -e '.[gpu]'); or use 'sdpa'"
-            ]
-    return []
+            )
+    if recipe.model.liger == "on":
+        from train.kernels import liger_unavailable
+
+        reason = liger_unavailable()
+        if reason is not None:
+            lines.append(
+                f"{source}: model.liger: 'on' cannot run here: {reason}; use 'auto' (logged fallback) or 'off'"
+            )
+    lines += _sequence_parallel_launch_errors(recipe, source)
+    return lines
+
+
+def _sequence_parallel_launch_errors(recipe: Recipe, source: str) -> list[str]:
+    """``sequence_parallel: N`` needs a DeepSpeed launch whose process count N divides."""
+    import importlib.util
+    import os
+
+    n = recipe.sequence_parallel
+    if n == 1:
+        return []
+    lines = []
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % n:
+        lines.append(
+            f"{source}: sequence_parallel: {n} must divide the number of processes ({world}); "
+            f"launch with accelerate launch --num_processes <a multiple of {n}>"
+        )
+    deepspeed_launch = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if importlib.util.find_spec("deepspeed") is None or not deepspeed_launch:
+        lines.append(
+            f"{source}: sequence_parallel: needs DeepSpeed (Ulysses); launch with "
+            "--config_file accelerate_configs/deepspeed_zero3_ulysses.yaml"
+        )
+    return lines
+
+
+def _sequence_parallel_errors(recipe: Recipe, source: str) -> list[str]:
+    """Rows must split evenly over the SP group, and Ulysses cannot wrap eager attention."""
+    n = recipe.sequence_parallel
+    if n == 1:
+        return []
+    lines = []
+    if recipe.model.attention == "eager":
+        lines.append(
+            f"{source}: model.attention: 'eager' cannot run under sequence_parallel={n} "
+            "(DeepSpeed Ulysses wraps sdpa or flash); use 'auto', 'sdpa' or 'flash'"
+        )
+    for i, stage in enumerate(recipe.stages):
+        for j, w in enumerate(getattr(stage, "windows", [])):
+            if w.length % n:
+                lines.append(
+                    f"{source}: stages[{i}].windows[{j}].length: {w.length} must be divisible by "
+                    f"sequence_parallel={n} (each process takes length/{n} tokens of a row)"
+                )
+    return lines
 
 
 def _stage_errors(recipe: Recipe, source: str) -> list[str]:
@@ -312,6 +367,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), *, check_files: boo
     except ValidationError as err:
         raise RecipeError(schema_errors(err, source)) from None
     lines = _reference_errors(recipe, source) + _stage_errors(recipe, source) + _plugin_errors(recipe, source)
+    lines += _sequence_parallel_errors(recipe, source)
     if check_files:
         lines += _file_errors(recipe, source, path) + _environment_errors(recipe, source)
     if lines:

@@ -4,7 +4,11 @@ Read top to bottom: optimizer + schedule → resume → for each optimizer step,
 micro-batches (each tells the rotary which factor set its rows use: LongRoPE2 §3.3, short
 rows keep the original RoPE, long rows the rescaled one) → clip → step → log → checkpoint.
 Under N processes rank r takes global micro-batches r, r+N, …, so the data position is one
-integer and a resumed run sees exactly the batches an uninterrupted one would.
+integer and a resumed run sees exactly the batches an uninterrupted one would. Under Ulysses
+sequence parallelism (``train.sequence_parallel``) the unit is an SP group instead of a
+process: the group's ranks take the same global micro-batch and each trains on its 1/N slice.
+Only ``.loss`` of the model output is read (liger's fused linear cross-entropy returns no
+logits); under SP the loss is computed from each shard's logits and reduced over the group.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from transformers import get_scheduler
 
 from data.packing import attention_mask_4d, flash_varlen_kwargs
 from rope import set_factor_set
+from train import sequence_parallel as sp
 from train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from train.recipe import TrainStage
 
@@ -77,7 +82,7 @@ def _one_document_per_row(doc_ids: torch.Tensor) -> bool:
     return bool(((doc_ids == first) | ~real).all()) and bool(real[:, 0].all())
 
 
-def _configure_accumulation(accelerator: Accelerator, cfg: TrainStage) -> None:
+def _configure_accumulation(accelerator: Accelerator, cfg: TrainStage, dp_size: int) -> None:
     """This stage's accumulation (and, under DeepSpeed, micro-batch and clipping) settings.
 
     DeepSpeed reads them from its config when the engine is built, so they are set before
@@ -90,16 +95,32 @@ def _configure_accumulation(accelerator: Accelerator, cfg: TrainStage) -> None:
         plugin.deepspeed_config["gradient_accumulation_steps"] = cfg.grad_accum
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
         plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm
-        plugin.deepspeed_config["train_batch_size"] = (
-            cfg.micro_batch_size * cfg.grad_accum * accelerator.num_processes
-        )
+        plugin.deepspeed_config["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * dp_size
 
 
-def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, accelerator: Accelerator):
-    """This rank's share of the global micro-batch stream, starting at global index ``start``."""
+def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, layout: sp.SPLayout):
+    """This data-parallel slot's share of the global micro-batch stream, from global index ``start``
+    (a process's without sequence parallelism; its SP group's, shared by the group's ranks, with it)."""
     for index, batch in enumerate(batches_from(start), start=start):
-        if index % accelerator.num_processes == accelerator.process_index:
+        if index % layout.dp_size == layout.dp_rank:
             yield batch
+
+
+def _forward_loss(model, batch: dict, layout: sp.SPLayout, use_flash: bool, device) -> torch.Tensor:
+    """The micro-batch's loss: the model's own, or under SP this rank's shard reduced over the group."""
+    if layout.size == 1:
+        inputs = {
+            k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch, use_flash).items()
+        }
+        return model(**inputs).loss
+    part = sp.shard(batch, layout.rank, layout.size)
+    # no attention_mask: Ulysses drops masks built for a shard; flash finds documents from the
+    # (gathered, per-document) position ids, sdpa applies a plain causal mask to the whole row
+    out = model(
+        input_ids=part["input_ids"].to(device), position_ids=part["position_ids"].to(device), use_cache=False
+    )
+    total, count = sp.loss_sum(out.logits, part["shift_labels"].to(device))
+    return sp.group_mean(total, count, sp.sp_group())
 
 
 def _log(metrics_file: Path, record: dict, accelerator: Accelerator) -> None:
@@ -123,12 +144,14 @@ def train_loop(
     stage_dir: Path,
     accelerator: Accelerator,
     use_flash: bool = False,
+    sequence_parallel: int = 1,
 ) -> TrainResult:
+    layout = sp.SPLayout.of(accelerator.process_index, accelerator.num_processes, sequence_parallel)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
     )
     scheduler = _scheduler(cfg, optimizer)
-    _configure_accumulation(accelerator, cfg)
+    _configure_accumulation(accelerator, cfg, layout.dp_size)
     # the scheduler stays ours: accelerate's wrapper would step it once per process
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -140,8 +163,8 @@ def train_loop(
     resumed_from = step if state else None
     if state and accelerator.is_main_process:
         _truncate_metrics(metrics_file, step)
-    per_step = cfg.grad_accum * accelerator.num_processes
-    stream = _own_batches(batches_from, step * per_step, accelerator)
+    per_step = cfg.grad_accum * layout.dp_size  # global micro-batches per optimizer step
+    stream = _own_batches(batches_from, step * per_step, layout)
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=stage_dir.name, disable=not accelerator.is_main_process)
     started, run_tokens = time.perf_counter(), 0
@@ -150,14 +173,11 @@ def train_loop(
         step_loss, step_tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
             batch = next(stream)
+            # the GLOBAL row's kind, before any SP slicing: every shard uses the row's factor set
             set_factor_set(accelerator.unwrap_model(model), batch["row_kind"])
-            inputs = {
-                k: v.to(accelerator.device) if torch.is_tensor(v) else v
-                for k, v in model_inputs(batch, use_flash).items()
-            }
             # accelerate decides the accumulation boundary (and DeepSpeed steps its engine there)
             with accelerator.accumulate(model):
-                loss = model(**inputs).loss
+                loss = _forward_loss(model, batch, layout, use_flash, accelerator.device)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"{stage_dir.name}: loss is {loss.item()} at step {step + 1} (row kind {batch['row_kind']}); "
@@ -174,8 +194,8 @@ def train_loop(
         step += 1
         step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
         losses.append(step_loss)
-        tokens += step_tokens * accelerator.num_processes
-        run_tokens += step_tokens * accelerator.num_processes
+        tokens += step_tokens * layout.dp_size
+        run_tokens += step_tokens * layout.dp_size
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{run_tokens / (time.perf_counter() - started):.0f}")
         if step % cfg.log_every == 0 or step == cfg.steps:

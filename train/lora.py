@@ -15,15 +15,24 @@ from train.recipe import LoraCfg
 TRAINABLE_PATTERNS = {"embed": ("embed_tokens",), "norm": ("norm",)}
 
 
-def wrap_lora(model: nn.Module, cfg: LoraCfg) -> nn.Module:
-    """A peft model: adapters on ``target_modules``, ``trainable`` base parameters unfrozen."""
+def wrap_lora(model: nn.Module, cfg: LoraCfg, seed: int = 0) -> nn.Module:
+    """A peft model: adapters on ``target_modules``, ``trainable`` base parameters unfrozen.
+
+    The adapters' random init (lora_A) is drawn from ``seed``: every rank must start from the
+    SAME adapters — under ZeRO-3 each rank keeps its own slice of its own copy, with no
+    broadcast, so ranks whose RNG had advanced differently would train a patchwork — and a
+    run must not depend on how much randomness loading consumed before.
+    """
+    import torch
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
         task_type="CAUSAL_LM",
     )  # fmt: skip
-    model = get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(model, config)
     patterns = [p for kind in cfg.trainable for p in TRAINABLE_PATTERNS[kind]]
     for name, param in model.named_parameters():
         if "lora_" not in name and any(p in name.split(".")[-2] for p in patterns):

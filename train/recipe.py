@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -47,7 +47,16 @@ class ModelCfg(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: bfloat16 on CUDA, float32 on CPU."""
     attention: Literal["auto", "flash", "sdpa", "eager"] = "auto"
+    liger: Literal["auto", "on", "off"] = "auto"
+    """liger-kernel RMSNorm/SwiGLU/RoPE/fused linear cross-entropy (``train.kernels``): auto = on
+    where CUDA and the package are present, a logged fallback elsewhere; on = required."""
     gradient_checkpointing: bool = False
+
+    @field_validator("liger", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        """YAML reads a bare ``on`` / ``off`` as a boolean: take it as the word it was."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelCfg:
@@ -211,6 +220,10 @@ class Recipe(Strict):
     model: ModelCfg
     tokenizer: TokenizerCfg = TokenizerCfg()
     data: DataCfg
+    sequence_parallel: int = Field(1, ge=1)
+    """Ulysses sequence parallelism (DeepSpeed ALST through accelerate's ParallelismConfig): each
+    training row is split over this many processes. Needs a DeepSpeed launch whose process count
+    it divides, and row lengths it divides; 1 = off. Launch: accelerate_configs/deepspeed_zero3_ulysses.yaml."""
     stages: list[Stage] = Field(min_length=1)
 
 

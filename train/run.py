@@ -61,18 +61,26 @@ def describe_plan(recipe: Recipe) -> list[str]:
     return lines
 
 
-def make_accelerator(project_dir: str | None = None):
+def make_accelerator(project_dir: str | None = None, sequence_parallel: int = 1, attention: str = "sdpa"):
     import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
+    from train.sequence_parallel import parallelism_config
+
     # Without CUDA, accelerate leaves the backend unset and every rank believes it is rank 0 of 1.
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
     handlers = (
         [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
     )
     log_with = "tensorboard" if _has("tensorboard") else None
-    return Accelerator(kwargs_handlers=handlers, log_with=log_with, project_dir=project_dir)
+    return Accelerator(
+        kwargs_handlers=handlers,
+        log_with=log_with,
+        project_dir=project_dir,
+        parallelism_config=parallelism_config(sequence_parallel, world, attention),
+    )
 
 
 def _has(module: str) -> bool:
@@ -99,7 +107,12 @@ def run(recipe: Recipe, recipe_file: Path) -> dict:
     from train.context import RunContext
     from train.stages import STAGES
 
-    accelerator = make_accelerator(str(Path(recipe.output_dir) / "tensorboard"))
+    attention = {"flash": "flash_attention_2", "auto": "sdpa"}.get(
+        recipe.model.attention, recipe.model.attention
+    )
+    accelerator = make_accelerator(
+        str(Path(recipe.output_dir) / "tensorboard"), recipe.sequence_parallel, attention
+    )
     ctx = RunContext(recipe, recipe_file, accelerator)
     if accelerator.log_with:
         accelerator.init_trackers(recipe.name, config={"seed": recipe.seed})

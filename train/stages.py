@@ -12,24 +12,35 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors.torch import save_file
+
 from rope import RopeSpec, apply_rope, save_extended
 from train.context import RunContext
+from train.kernels import apply_liger
 from train.loop import train_loop
 from train.lora import merged, trainable_names, wrap_lora
 
 
-def _save_model(ctx: RunContext, model, spec: RopeSpec, stage_dir: Path) -> None:
-    """Weights with the base config (any spec installs on it) + the spec, atomically."""
+def _save_model(ctx: RunContext, model, spec: RopeSpec, stage_dir: Path, lora=None) -> None:
+    """Weights with the base config (any spec installs on it) + the spec, atomically.
+
+    LoRA: the merged weights, plus ``adapter.safetensors`` (the trained tensors: adapters and
+    LongLoRA's embed/norm). The merge runs on a plain CPU copy filled from the gathered state
+    dict, never on the engine's parameters, which ZeRO-3 may hold as empty shards.
+    """
     ctx.accelerator.wait_for_everyone()
     unwrapped = ctx.accelerator.unwrap_model(model)
-    if hasattr(unwrapped, "merge_and_unload"):  # LoRA: save the merged weights
-        unwrapped = merged(unwrapped)
-        state_dict = unwrapped.state_dict()
-    else:
-        state_dict = ctx.accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
+    state_dict = ctx.accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
     if ctx.accelerator.is_main_process:
         tmp = stage_dir / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        if lora is not None:
+            trained = set(trainable_names(unwrapped))
+            adapter = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k in trained}
+            save_file(adapter, stage_dir / ".adapter.tmp")
+            os.replace(stage_dir / ".adapter.tmp", stage_dir / "adapter.safetensors")
+            unwrapped = _merged_copy(ctx, unwrapped, lora, state_dict)
+            state_dict = unwrapped.state_dict()
         unwrapped.save_pretrained(tmp, state_dict=state_dict)
         ctx.tokenizer().save_pretrained(tmp)
         spec.to_json(tmp / "spec.json")
@@ -38,6 +49,26 @@ def _save_model(ctx: RunContext, model, spec: RopeSpec, stage_dir: Path) -> None
         os.replace(tmp, stage_dir / "model")
         spec.to_json(stage_dir / "spec.json")
     ctx.accelerator.wait_for_everyone()
+
+
+def _merged_copy(ctx: RunContext, peft_model, lora, state_dict: dict):
+    """A plain (never partitioned) copy of the adapted model, its adapters folded in."""
+    from transformers import AutoModelForCausalLM
+
+    from train.context import _outside_zero_init
+
+    config = peft_model.get_base_model().config
+    with _outside_zero_init(ctx.accelerator):
+        plain = AutoModelForCausalLM.from_config(config, dtype=peft_model.get_base_model().dtype)
+    plain = wrap_lora(plain, lora, seed=ctx.recipe.seed)
+    missing, unexpected = plain.load_state_dict({k: v.cpu() for k, v in state_dict.items()}, strict=False)
+    tied = config.tie_word_embeddings
+    missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]  # shared with the embedding
+    if missing or unexpected:
+        raise RuntimeError(
+            f"LoRA merge: gathered state dict does not fit (missing {missing}, unexpected {unexpected})"
+        )
+    return merged(plain)
 
 
 def _batches(ctx: RunContext, stage):
@@ -56,10 +87,25 @@ def _batches(ctx: RunContext, stage):
     return lambda micro_index: sampler.iter_from(micro_index * stage.micro_batch_size)
 
 
+def _zero3(ctx: RunContext) -> bool:
+    plugin = getattr(ctx.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
 def _train(stage, ctx: RunContext, spec: RopeSpec) -> dict:
     model = apply_rope(ctx.load_model(stage), spec)
+    # on the bare model (before LoRA / the engine wrap it), after our rotary is installed
+    apply_liger(model, ctx.recipe.model.liger, lambda m: ctx.log(f"[{stage.name}] {m}"), zero3=_zero3(ctx))
+    n = ctx.recipe.sequence_parallel
+    if n > 1:
+        ctx.log(f"[{stage.name}] Ulysses sequence parallelism: each row split over {n} processes")
+        if ctx.attention == "sdpa" and any(w.rope == "original" for w in stage.windows):
+            ctx.log(
+                f"[{stage.name}] warning: under Ulysses, sdpa drops the document mask of packed rows "
+                "(they attend across documents); attention: flash keeps documents apart"
+            )
     if stage.lora is not None:
-        model = wrap_lora(model, stage.lora)
+        model = wrap_lora(model, stage.lora, seed=ctx.recipe.seed)
         ctx.log(f"[{stage.name}] LoRA: {len(trainable_names(model))} trainable tensors")
     stage_dir = ctx.stage_dir(stage.name)
     result = train_loop(
@@ -69,8 +115,9 @@ def _train(stage, ctx: RunContext, spec: RopeSpec) -> dict:
         stage_dir,
         ctx.accelerator,
         use_flash=ctx.attention == "flash_attention_2",
+        sequence_parallel=n,
     )
-    _save_model(ctx, result.model, spec, stage_dir)
+    _save_model(ctx, result.model, spec, stage_dir, lora=stage.lora)
     return {
         "steps": result.steps,
         "final_loss": result.final_loss,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from data.corpus import load_demo_corpus
@@ -72,3 +73,61 @@ def write_recipe(path: Path, corpus: Path, out: Path, **changes) -> Path:
     recipe.update(changes)
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def longrope_model(tmp_path_factory) -> Path:
+    """A tiny Llama (L = 64) saved with a stock ``longrope`` config whose long factors differ from
+    the short ones, plus the demo tokenizer: a recipe's ``model.path`` for rescaled-row training."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from data.tokenizer import train_demo_tokenizer
+    from rope import RopeSpec, apply_rope, save_extended
+
+    root = tmp_path_factory.mktemp("longrope")
+    tok = train_demo_tokenizer(root / "tokenizer", vocab_size=512)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+        num_hidden_layers=2, head_dim=16, max_position_embeddings=64, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    spec = RopeSpec("longrope", 10_000.0, 16, 64, 128, long_factor=tuple(1.0 + 2.0 * i for i in range(8)))
+    return save_extended(apply_rope(model, spec), spec, root / "model", tokenizer=tok)
+
+
+def model_recipe(path: Path, model_dir: Path, corpus: Path, out: Path, stages: list[dict], **top) -> Path:
+    """A recipe that fine-tunes the saved ``model_dir`` (its own tokenizer) on ``corpus``."""
+    recipe = {
+        "name": "test", "output_dir": str(out), "seed": 0,
+        "model": {"path": str(model_dir), "attention": "sdpa"}, "tokenizer": {"path": str(model_dir)},
+        "data": {"sources": [{"kind": "local", "path": str(corpus)}], "cache_dir": str(out.parent / "cache")},
+        **top, "stages": stages,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (launches of concurrent test runs must not collide on 29500)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(
+    config: str, recipe: Path, env: dict | None = None, processes: int = 2
+) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file accelerate_configs/<config> --num_processes N train/run.py recipe``."""
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
+        "--num_processes", str(processes), "--mixed_precision", "no", "--main_process_port", str(free_port()),
+        str(REPO / "train" / "run.py"), str(recipe),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

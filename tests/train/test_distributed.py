@@ -1,5 +1,6 @@
 """2 gloo processes under DDP, DeepSpeed ZeRO-2 and ZeRO-3 give the loss curve and the weights
-of 1 process with the same global batches; ZeRO-3 resumes from its sharded checkpoint."""
+of 1 process with the same global batches; ZeRO-3 resumes from its sharded checkpoint; LoRA
+under ZeRO-3 trains only the adapters (+ LongLoRA's embed/norm) and merges them correctly."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import write_recipe
+from .conftest import launch, model_recipe, run_cli, write_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -46,13 +47,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 def _launch(kind: str, recipe: Path) -> subprocess.CompletedProcess:
     config, extra = LAUNCH[kind]
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
-        "--num_processes", "2", "--mixed_precision", "no", str(REPO / "train" / "run.py"), str(recipe),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env={**ENV, **extra}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return launch(config, recipe, extra)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +88,58 @@ def test_zero3_resumes_from_its_sharded_checkpoint(single_process, tmp_path, tin
     ours, ref = _weights(tmp_path / "out"), _weights(single_process)
     for key, value in ref.items():
         torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-5, msg=key)
+
+
+def _lora_stage(accum: int) -> list[dict]:
+    return [
+        {"name": "ft", "kind": "finetune", "steps": 3, "micro_batch_size": 2, "grad_accum": accum, "lr": 1e-2,
+         "log_every": 1, "windows": [{"length": 128, "share": 1.0, "rope": "rescaled"}],
+         "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"], "trainable": ["embed", "norm"]}},
+    ]  # fmt: skip
+
+
+def test_lora_under_zero3_trains_only_adapters_and_merges_them(tmp_path, tiny_corpus, longrope_model):
+    from transformers import AutoModelForCausalLM
+
+    from rope import apply_rope, from_hf_config
+    from train.lora import wrap_lora
+    from train.recipe import LoraCfg
+
+    one = model_recipe(tmp_path / "one.yaml", longrope_model, tiny_corpus, tmp_path / "one", _lora_stage(2))
+    run_cli(one)
+    two = model_recipe(tmp_path / "two.yaml", longrope_model, tiny_corpus, tmp_path / "two", _lora_stage(1))
+    _launch("zero3", two)
+    stage = tmp_path / "two" / "ft"
+    assert (stage / "checkpoints" / "step-3" / "pytorch_model").is_dir(), "DeepSpeed really ran"
+    base = load_file(longrope_model / "model.safetensors")
+    merged_w = load_file(stage / "model" / "model.safetensors")
+    assert merged_w.keys() == base.keys(), "the export is the merged model, no adapter tensors"
+    changed = {k for k in base if not torch.equal(base[k], merged_w[k])}
+    assert changed == {
+        k for k in base if any(p in k for p in ("q_proj", "v_proj", "norm", "embed_tokens"))
+    }, changed
+    # the same adapters as one process (every rank starts from the same seeded lora_A)
+    ref = load_file(tmp_path / "one" / "ft" / "model" / "model.safetensors")
+    for key, value in ref.items():
+        torch.testing.assert_close(merged_w[key], value, rtol=0, atol=1e-5, msg=key)
+    # the merged export computes what the adapted model computes
+    adapter = load_file(stage / "adapter.safetensors")
+    assert adapter and all("lora_" in k or "norm" in k or "embed_tokens" in k for k in adapter), sorted(
+        adapter
+    )
+    adapted = AutoModelForCausalLM.from_pretrained(longrope_model, attn_implementation="sdpa")
+    spec = from_hf_config(adapted.config)
+    adapted = wrap_lora(
+        apply_rope(adapted, spec),
+        LoraCfg(r=4, target_modules=["q_proj", "v_proj"], trainable=["embed", "norm"]),
+    )
+    missing = adapted.load_state_dict(adapter, strict=False).unexpected_keys
+    assert not missing, missing
+    export = apply_rope(
+        AutoModelForCausalLM.from_pretrained(stage / "model", attn_implementation="sdpa"), spec
+    )
+    ids = torch.randint(3, 500, (2, 100))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            export(input_ids=ids).logits, adapted.eval()(input_ids=ids).logits, rtol=1e-5, atol=1e-5
+        )

@@ -30,7 +30,10 @@ def test_recipe_source_reads_the_recipe_model_and_base_rope(tmp_path, tiny_corpu
             "name": "eval",
             "kind": "eval",
             "lengths": [64],
-            "runs": [{"name": "raw", "model_from": RECIPE_SOURCE, "spec_from": RECIPE_SOURCE}, {"name": "dflt"}],
+            "runs": [
+                {"name": "raw", "model_from": RECIPE_SOURCE, "spec_from": RECIPE_SOURCE},
+                {"name": "dflt"},
+            ],
         },
     ]
     recipe = load_recipe(_recipe(tmp_path, tiny_corpus, stages), check_files=False)

@@ -1,0 +1,123 @@
+"""Ulysses sequence parallelism (DeepSpeed ALST, arXiv 2506.13996) wired through accelerate.
+
+One training row is split over the ``N = recipe.sequence_parallel`` processes of an SP group.
+The parallelism itself is DeepSpeed's, reached through accelerate's ``ParallelismConfig``
+(``sp_backend="deepspeed"``): at ``accelerator.prepare`` accelerate calls
+``UlyssesSPAttentionHF.register_with_transformers``, which builds the SP process groups and
+wraps the model's attention function (sdpa / flash) so that each layer all-to-alls q/k/v from
+"my tokens, all heads" to "all tokens, my heads", attends, and all-to-alls back; DeepSpeed gets
+the groups as its ``mpu`` and reduces gradients over them. This module only does what is ours:
+
+- **which rows a process trains on**: an SP group consumes one global micro-batch at a time,
+  so data-parallel rank ``process_index // N`` (DeepSpeed groups consecutive ranks) takes
+  global micro-batches ``dp_rank, dp_rank + dp_size, …`` and every rank of the group builds
+  the same batch (the sampler is deterministic), then keeps its 1/N slice — what DeepSpeed's
+  ``UlyssesSPDataLoaderAdapter`` does after gathering, without the gather;
+- **the factor set**: chosen from the GLOBAL row's kind before slicing and forced on the
+  rotary for the forward (METHODS.md: a rank that judged its shard of position ids — shard 0
+  of a long row has ``max(position_ids) + 1 ≤ L`` — would silently use the short factors);
+- **labels**: shifted on the whole row before slicing (``shift_labels``), so the token that
+  predicts the first token of the next shard keeps its label;
+- **the loss**: each rank's sum of token losses and count of valid tokens are all-reduced over
+  the SP group (differentiable), so every rank holds the row's token-weighted mean — the same
+  number one process gets — and a shard with no valid label contributes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class SPLayout:
+    """Where this process sits: its SP group (size, rank in it) and its data-parallel slot."""
+
+    size: int
+    rank: int
+    dp_size: int
+    dp_rank: int
+
+    @classmethod
+    def of(cls, process_index: int, num_processes: int, size: int) -> SPLayout:
+        if num_processes % size:
+            raise ValueError(
+                f"sequence_parallel: {size} must divide the number of processes ({num_processes})"
+            )
+        return cls(size, process_index % size, num_processes // size, process_index // size)
+
+
+def parallelism_config(size: int, num_processes: int, attention: str):
+    """accelerate's ParallelismConfig for DeepSpeed Ulysses with ``size``-way SP (None when 1).
+
+    Row lengths vary between windows (short rows, long rows), hence ``sp_seq_length_is_variable``.
+    """
+    if size == 1:
+        return None
+    from accelerate.parallelism_config import ParallelismConfig
+    from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+    handler = DeepSpeedSequenceParallelConfig(
+        sp_seq_length_is_variable=True, sp_attn_implementation=attention
+    )
+    return ParallelismConfig(
+        dp_replicate_size=num_processes // size, sp_size=size, sp_backend="deepspeed", sp_handler=handler
+    )
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """``labels[:, t + 1]`` at ``t`` (the target of position t), IGNORE at the last position."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # [batch, seq]
+
+
+def shard(batch: dict, rank: int, size: int) -> dict:
+    """Rank ``rank``'s contiguous 1/size slice of a global micro-batch (labels shifted first)."""
+    seq = batch["input_ids"].shape[1]
+    if seq % size:
+        raise ValueError(f"sequence_parallel: row length {seq} is not divisible by {size}")
+    chunk = seq // size
+    part = slice(rank * chunk, (rank + 1) * chunk)
+    return {
+        "input_ids": batch["input_ids"][:, part],
+        "position_ids": batch["position_ids"][:, part],  # Ulysses all-gathers them back to global
+        "shift_labels": shift_labels(batch["labels"])[:, part],
+        "row_kind": batch["row_kind"],  # the global row's kind: the factor set for every shard
+    }
+
+
+def loss_sum(logits: torch.Tensor, shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token losses, number of valid tokens) of one shard; logits [batch, chunk, vocab]."""
+    total = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        shifted.reshape(-1).to(logits.device),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return total, (shifted != IGNORE_INDEX).sum().to(total.device)
+
+
+def group_mean(total: torch.Tensor, count: torch.Tensor, group=None) -> torch.Tensor:
+    """The token-weighted mean over the SP group: Σ sums / Σ counts (differentiable all-reduce).
+
+    Every rank gets the same value; backward sends each rank's share of the gradient to its own
+    shard's logits (the all-reduce's backward sums the N identical upstream gradients, and the
+    engine's average over the N ranks of the group divides them back).
+    """
+    if group is None:
+        return total / count.clamp(min=1)
+    from torch.distributed.nn.functional import all_reduce
+
+    count = count.detach().float()
+    torch.distributed.all_reduce(count, group=group)
+    return all_reduce(total, group=group) / count.clamp(min=1)
+
+
+def sp_group():
+    """DeepSpeed's SP process group (initialised by accelerate's prepare)."""
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+
+    return parallel_state_sp.get_sequence_parallel_group()
