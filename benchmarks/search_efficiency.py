@@ -9,14 +9,18 @@ recipe's base, ``python train/run.py recipes/tiny.yaml``) with ``--tokenizer DIR
 ``--model`` a 4-layer 128-dim Llama is trained here for ``--steps`` steps at L = 128 on the
 King James Bible (the old fallback; cached under ``--out/model``). For every scale s in
 ``--scales`` every algorithm searches long factors for L' = s·L with the same objective —
-plain perplexity on ``--docs`` KJV books truncated to L' tokens (BOS first; LongRoPE's
-protocol) — at its paper defaults, from a fresh cache. Per scale the table gives: distinct
+plain perplexity on the last ``--docs`` KJV books that hold ``max(scales)·L`` tokens,
+truncated to L' tokens (BOS first; LongRoPE's protocol; the same books at every scale) — at its paper defaults, from a fresh cache. Per scale the table gives: distinct
 evaluations, evaluations until its best-so-far is within 1% of the best perplexity ANY
 algorithm found, that best, the document forwards actually run (early abandonment lowers
 them), the wall time, and the ratios of the evaluation count and the wall time to LongRoPE
 evolution's. PI, NTK and YaRN perplexities at s× (no fine-tuning) are printed beside.
 Targets (issue 5): DCIS ≤ 0.5× evolution's evaluations (the DCIS paper's claim), our best
 ≤ 0.33×; searched factors beat PI/NTK/YaRN at 8×.
+
+Held-out documents: the fallback model is trained without those books; the tiny recipe's base
+trains on all 66 KJV books, so with ``--model`` they were seen in training (at length L only):
+the score measures what the factors do at L', not generalisation.
 
 All algorithms use plain perplexity (LongRoPE2's default is needle perplexity; the tiny base
 cannot retrieve needles, and one objective makes the counts comparable).
@@ -144,19 +148,19 @@ def baselines(model, rows, scale: int) -> dict[str, float]:
 
 
 def run_variant(name: str, model, rows, scale: int, out: Path, max_evals: int | None, seed: int,
-                progress: bool) -> dict:  # fmt: skip
+                progress: bool, batch_size: int = 1) -> dict:  # fmt: skip
     from eval.scorer import build_scorer
     from rope.search import run_search
 
     alg, cfg = VARIANTS[name]
     run_dir = out / "runs" / f"{scale}x" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # fresh cache: wall time is measured, not replayed
-    scorer = build_scorer(model, rows)
+    scorer = build_scorer(model, rows, batch_size=batch_size)
     start = time.perf_counter()
     result = run_search(alg, template(model, scale), scorer, dict(cfg) or None, out_dir=run_dir, seed=seed,
                         max_evaluations=max_evals, progress=progress)  # fmt: skip
     wall = time.perf_counter() - start
-    return {"algorithm": alg, "settings": cfg, "evals": result.evaluations, "best": result.score,
+    return {"algorithm": alg, "settings": cfg, "evaluations": result.evaluations, "best_ppl": result.score,
             "wall": wall, "forwards": scorer.forwards, "abandoned": scorer.abandoned,
             "scores": result.scores, "factors": list(result.spec.long_factor), "n_hat": result.spec.n_hat,
             "log": str(run_dir / "evaluations.jsonl")}  # fmt: skip
@@ -172,15 +176,15 @@ def evals_to_reach(scores: Sequence[float], threshold: float) -> int | None:
 
 
 def summarize(results: dict[str, dict]) -> dict:
-    """Add ``reach`` (evaluations to ≤1% of the best any algorithm found) and ratios to evolution."""
-    best = min(r["best"] for r in results.values())
+    """Add ``evals_to_reach`` (evaluations to ≤1% of the best any algorithm found) and ratios to evolution."""
+    best = min(r["best_ppl"] for r in results.values())
     threshold = best * (1 + WITHIN)
     for r in results.values():
-        r["reach"] = evals_to_reach(r["scores"], threshold)
+        r["evals_to_reach"] = evals_to_reach(r["scores"], threshold)
     ref = results.get("evolution")
     for r in results.values():
-        ok = ref is not None and r["reach"] and ref["reach"]
-        r["reach_ratio"] = r["reach"] / ref["reach"] if ok else None
+        ok = ref is not None and r["evals_to_reach"] and ref["evals_to_reach"]
+        r["reach_ratio"] = r["evals_to_reach"] / ref["evals_to_reach"] if ok else None
         r["wall_ratio"] = r["wall"] / ref["wall"] if ref is not None and ref["wall"] > 0 else None
     return {"best": best, "threshold": threshold}
 
@@ -194,6 +198,7 @@ def run_benchmark(
     algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
     docs: int = 4,
     max_evals: int | None = None,
+    batch_size: int | None = None,
     steps: int = 400,
     seed: int = 0,
     progress: bool = True,
@@ -201,9 +206,10 @@ def run_benchmark(
 ) -> dict:
     """Run every algorithm at every scale; returns ``{"setup": ..., "scales": {"8": ...}}``.
 
-    Each ``scales[str(s)]`` holds ``results`` (per algorithm: evals, reach, best, wall,
-    forwards, reach_ratio, wall_ratio, scores, factors, log path), ``baselines`` (PI / NTK /
-    YaRN / extrapolation perplexity), ``best`` and ``threshold``. Nothing is printed but
+    ``setup`` is a one-line description, ``setup_details`` its fields. Each ``scales[str(s)]``
+    holds ``target_length``, ``algorithms`` (per algorithm: evaluations, evals_to_reach,
+    best_ppl, wall, forwards, reach_ratio, wall_ratio, scores, factors, log path),
+    ``baselines`` (PI / NTK / YaRN / extrapolation perplexity), ``best`` and ``threshold``. Nothing is printed but
     progress lines through ``log``; :func:`report` formats the tables.
     """
     import torch
@@ -237,11 +243,12 @@ def run_benchmark(
     setup = {
         "model": source,
         "original_length": L,
-        "documents": [tok.decode(books[i][:12]).split("\n")[0].strip() for i in picked],
+        "documents": [load_demo_corpus("kjv")[i].split("\n", 1)[0].strip() for i in picked],
         "documents_in_training": model_dir is not None,
         "ppl_at_L": perplexity(model, truncated_rows([books[i] for i in picked], L, bos_id=tok.bos_token_id)),
         "seed": seed,
         "max_evals": max_evals,
+        "batch_size": batch_size or docs,
         "torch_threads": torch.get_num_threads(),
         "load_avg_start": os.getloadavg()[0],
     }
@@ -253,11 +260,24 @@ def run_benchmark(
         log(f"{scale}x baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in base.items()))
         results = {}
         for name in algorithms:
-            results[name] = r = run_variant(name, model, rows, scale, out, max_evals, seed, progress)
-            log(f"{scale}x {name}: best {r['best']:.4f} after {r['evals']} evals, {r['wall']:.1f} s")
-        by_scale[str(scale)] = {"results": results, "baselines": base, **summarize(results)}
+            results[name] = r = run_variant(name, model, rows, scale, out, max_evals, seed, progress,
+                                            batch_size or len(rows))  # fmt: skip
+            log(
+                f"{scale}x {name}: best {r['best_ppl']:.4f} after {r['evaluations']} evals, {r['wall']:.1f} s"
+            )
+        by_scale[str(scale)] = {"target_length": scale * L, "algorithms": results, "baselines": base,
+                                **summarize(results)}  # fmt: skip
     setup["load_avg_end"] = os.getloadavg()[0]
-    return {"setup": setup, "scales": by_scale}
+    return {"setup": describe(setup, docs), "setup_details": setup, "scales": by_scale}
+
+
+def describe(setup: dict, docs: int) -> str:
+    """One line: the model, documents and protocol (what ``reproduce.py`` prints above the tables)."""
+    cap = setup["max_evals"] or "none"
+    return (f"model {setup['model']}, L = {setup['original_length']} (perplexity {setup['ppl_at_L']:.2f} at L); "
+            f"objective plain perplexity on {docs} KJV books truncated to L' ({', '.join(setup['documents'])}"
+            f"{'; seen in training at length L' if setup['documents_in_training'] else '; held out'}); "
+            f"every algorithm at its defaults, seed {setup['seed']}, evaluation cap {cap}")  # fmt: skip
 
 
 # ----- reporting ---------------------------------------------------------------------------
@@ -265,16 +285,16 @@ def report(bench: dict) -> str:
     """Markdown tables of a :func:`run_benchmark` result, one block per scale."""
     lines = []
     for scale, s in bench["scales"].items():
-        lines += [f"### {scale}x (L' = {int(scale) * bench['setup']['original_length']})", "",
+        lines += [f"### {scale}x (L' = {s['target_length']})", "",
                   f"best perplexity found by any algorithm: {s['best']:.4f} (1% threshold {s['threshold']:.4f})",
                   "",
                   "| algorithm | evals | evals to ≤1% of best | best ppl | doc forwards | wall s "
                   "| evals-to-1% ratio vs evolution | wall ratio |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for name, r in s["results"].items():
+        for name, r in s["algorithms"].items():
             ratio = f"{r['reach_ratio']:.3f}" if r["reach_ratio"] is not None else "–"
             wall = f"{r['wall_ratio']:.3f}" if r["wall_ratio"] is not None else "–"
-            lines.append(f"| {name} | {r['evals']} | {r['reach'] or 'not reached'} | {r['best']:.4f} "
+            lines.append(f"| {name} | {r['evaluations']} | {r['evals_to_reach'] or 'not reached'} | {r['best_ppl']:.4f} "
                          f"| {r['forwards']} | {r['wall']:.1f} | {ratio} | {wall} |")  # fmt: skip
         lines += ["", f"| baseline at {scale}x, no fine-tuning | ppl |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in s["baselines"].items()]
@@ -292,13 +312,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--docs", type=int, default=4)
     ap.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS))
     ap.add_argument("--max-evals", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="documents per forward (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     bench = run_benchmark(
         model_dir=args.model, tokenizer_dir=args.tokenizer, out=args.out,
         scales=[int(s) for s in args.scales.split(",")], algorithms=args.algorithms.split(","),
-        docs=args.docs, max_evals=args.max_evals, steps=args.steps, seed=args.seed,
+        docs=args.docs, max_evals=args.max_evals, batch_size=args.batch_size, steps=args.steps, seed=args.seed,
         progress=not args.no_progress, log=lambda m: print(m, flush=True),
     )  # fmt: skip
     text = report(bench)
@@ -309,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from rope.search.state import plot_progress
 
     for scale, s in bench["scales"].items():
-        plot_progress({k: r["scores"] for k, r in s["results"].items()}, out / f"search_efficiency_{scale}x.png",
-                      title=f"factor search, {scale}x (L={bench['setup']['original_length']})")  # fmt: skip
+        plot_progress({k: r["scores"] for k, r in s["algorithms"].items()}, out / f"search_efficiency_{scale}x.png",
+                      title=f"factor search, {scale}x (L' = {s['target_length']})")  # fmt: skip
     return bench
 
 
