@@ -10,9 +10,9 @@ recomputes that experiment. The steps:
 
 1. the tiny base: ``recipes/tiny.yaml`` (the README's main job; L = 128, 2500 steps on the
    KJV Bible) when ``outputs/tiny/base`` is not complete;
-2. search documents: KJV New Testament books (Matthew–Romans) written to
-   ``outputs/repro/data/search`` — the searches score on them, the perplexity tables use
-   Genesis–Leviticus, so no search sees the evaluation text;
+2. held-out documents: KJV New Testament books (Matthew–Romans) written to
+   ``outputs/repro/data/heldout`` — the perplexity tables use them, the searches score on the
+   first books (Genesis–Leviticus), so no search sees the evaluation text;
 3. ``recipes/repro/no_finetune.yaml`` (PI / NTK / YaRN / LongRoPE ± n̂ / DCIS / LongRoPE2
    needle vs plain / DPE, no fine-tuning), ``mixed_window.yaml`` and ``long_window.yaml``
    (LongRoPE2's mixed-window fine-tune vs a long-window one, then LongRoPE's readjustment);
@@ -43,8 +43,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 OUT = ROOT / "outputs" / "repro"
 DOC = ROOT / "docs" / "REPRODUCTION.md"
 TINY = ROOT / "outputs" / "tiny"
-SEARCH_BOOKS = range(39, 45)
-"""KJV books (0-based, canonical order) the searches score on: Matthew, Mark, Luke, John, Acts, Romans."""
+HELDOUT_BOOKS = range(39, 45)
+"""KJV books (0-based, canonical order) for perplexity: Matthew, Mark, Luke, John, Acts, Romans."""
 SMOL_LENGTH = 16384
 SMOL_EVALS = ("eval_original", "eval_pi", "eval_yarn", "eval_longrope2")
 PARTS = ("tiny", "efficiency", "smollm2")
@@ -73,14 +73,14 @@ def run_recipe(recipe: str, *overrides: str) -> None:
 def prepare() -> None:
     if not (TINY / "base" / "COMPLETE").exists():
         run_recipe("recipes/tiny.yaml")
-    target = OUT / "data" / "search"
+    target = OUT / "data" / "heldout"
     if not target.exists():
         from data.corpus import load_demo_corpus
 
         books = load_demo_corpus("kjv")
-        tmp = target.with_name("search.tmp")
+        tmp = target.with_name("heldout.tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        for i in SEARCH_BOOKS:
+        for i in HELDOUT_BOOKS:
             (tmp / f"book{i + 1:02d}.txt").write_text(books[i])
         tmp.rename(target)
 
@@ -173,8 +173,8 @@ def build_report() -> str:
         "",
         "Tiny base: 4-layer 128-dim Llama, L = 128, trained 2500 steps on the KJV Bible by "
         "`recipes/tiny.yaml` (seed 0). Every method targets L' = 1024 (8×); every search has "
-        "200 distinct candidates, scored on New Testament books; perplexity on Genesis, Exodus, "
-        "Leviticus truncated to each length (BOS first). Retrieval at 1024 tokens: 4 samples × "
+        "200 distinct candidates, scored on Genesis, Exodus, Leviticus; perplexity on 3 New "
+        "Testament books (Matthew, Mark, Luke) truncated to each length (BOS first). Retrieval at 1024 tokens: 4 samples × "
         "3 depths for passkey and NIAH, 4 per RULER task, seed 0.",
         "",
         "    python benchmarks/reproduce.py --only tiny     # recipes/repro/no_finetune.yaml",
@@ -242,7 +242,8 @@ def build_report() -> str:
         "## 2. Mixed-window vs long-window fine-tuning, and short-context readjustment",
         "",
         "Same base and DCIS search (8×, identical stage in both recipes). Both fine-tunes: 60 "
-        "steps, micro-batch 2, lr 1e-3, seed 0. Mixed (LongRoPE2): 30 % rows of 128 tokens "
+        "steps, micro-batch 2, lr 1e-3, seed 0, on the pretraining data (KJV + 50 % synthetic "
+        "passkey documents). Mixed (LongRoPE2): 30 % rows of 128 tokens "
         "with the original RoPE, 70 % rows of 1024 with the searched factors; long: every row "
         "1024 with the searched factors. Readjust (LongRoPE): evolution over `short_factor` at "
         "128 (60 candidates) on the long-window model. Short perplexity = 128 tokens.",
