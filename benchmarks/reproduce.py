@@ -358,8 +358,29 @@ def build_report() -> str:
         "|---|---|---|",
     ]
     head += [f"| {c} | {verdict(ok)} | {why} |" for c, ok, why in claims]
-    head.append("")
+    head += ["", *NOTES, ""]
     return "\n".join(head + body) + "\n"
+
+
+NOTES = [
+    "Reading the tables:",
+    "",
+    "- Scale: the tiny base is a 1M-parameter model trained for ~8 minutes. Its exact-match "
+    "passkey accuracy is 0 at every length for every method (it copies some of the key's "
+    "digits, not all in order), so retrieval claims are judged on digit accuracy from 12 "
+    "passkey and 12 NIAH samples — a weak signal; treat differences of a few points as noise.",
+    "- LongRoPE2's needle-driven objective scores only the answer tokens of needles the model "
+    "must retrieve. A base that cannot retrieve at its own length gives that objective nothing "
+    "to measure, and the search drifts (compare its perplexity with the plain-perplexity "
+    "variant): the claim needs a model that retrieves, e.g. SmolLM2 (table 4).",
+    "- Searched LongRoPE specs at 128 tokens use the short factors (all 1) but keep the "
+    "attention factor sqrt(1 + ln s / ln L), exactly as transformers applies `longrope` "
+    "(both factor sets share it); that is why their 1× perplexity is slightly above the base's.",
+    "- Fine-tuning is 60 steps (≈ 90k tokens): far from the papers' budgets (LongRoPE2: 10B "
+    "tokens); the fine-tuning rows test the direction of the effects, not their size.",
+    "- DPE changes positions, not frequencies: 4 groups of pairs, each at the scale its sweep "
+    "on needle samples picked, with normal positions inside a 32-token window (Self-Extend-like).",
+]
 
 
 def efficiency_section(eff: dict | None, claims: list) -> list[str]:
