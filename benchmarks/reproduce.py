@@ -174,7 +174,8 @@ def build_report() -> str:
         "Tiny base: 4-layer 128-dim Llama, L = 128, trained 2500 steps on the KJV Bible by "
         "`recipes/tiny.yaml` (seed 0). Every method targets L' = 1024 (8×); every search has "
         "200 distinct candidates, scored on Genesis, Exodus, Leviticus; perplexity on 3 New "
-        "Testament books (Matthew, Mark, Luke) truncated to each length (BOS first). Retrieval at 1024 tokens: 4 samples × "
+        "Testament books (Matthew, Mark, Luke; in the base's training corpus, never scored by a "
+        "search) truncated to each length (BOS first). Retrieval at 1024 tokens: 4 samples × "
         "3 depths for passkey and NIAH, 4 per RULER task, seed 0.",
         "",
         "    python benchmarks/reproduce.py --only tiny     # recipes/repro/no_finetune.yaml",
@@ -242,8 +243,8 @@ def build_report() -> str:
         "## 2. Mixed-window vs long-window fine-tuning, and short-context readjustment",
         "",
         "Same base and DCIS search (8×, identical stage in both recipes). Both fine-tunes: 60 "
-        "steps, micro-batch 2, lr 1e-3, seed 0, on the pretraining data (KJV + 50 % synthetic "
-        "passkey documents). Mixed (LongRoPE2): 30 % rows of 128 tokens "
+        "steps, micro-batch 2, lr 1e-3, seed 0, on the KJV corpus only (no synthetic passkey "
+        "documents: the runner would mix them into the mixed run's short rows only). Mixed (LongRoPE2): 30 % rows of 128 tokens "
         "with the original RoPE, 70 % rows of 1024 with the searched factors; long: every row "
         "1024 with the searched factors. Readjust (LongRoPE): evolution over `short_factor` at "
         "128 (60 candidates) on the long-window model. Short perplexity = 128 tokens.",
@@ -276,24 +277,21 @@ def build_report() -> str:
     b, m, lw, lr = (short[k] for k in ("base (original RoPE)", "mixed-window fine-tune", "long-window fine-tune",
                                        "long-window fine-tune + readjust"))  # fmt: skip
     claims.append((
-        "LongRoPE2: mixed-window fine-tuning keeps short-context perplexity closer to the base than long-window",
-        None if None in (b, m, lw) else abs(m - b) < abs(lw - b),
+        "LongRoPE2: mixed-window fine-tuning keeps short-context perplexity at least as well as long-window",
+        None if None in (m, lw) else m <= lw,
         f"ppl@128: base {fmt(b)}, mixed {fmt(m)}, long {fmt(lw)}",
     ))  # fmt: skip
     claims.append((
         "LongRoPE: short-context readjustment recovers short perplexity after long fine-tuning",
         _lt(lr, lw), f"ppl@128: {fmt(lr)} readjusted vs {fmt(lw)} not",
     ))  # fmt: skip
-    mix_l, long_l, noft = (
-        longp["mixed-window fine-tune"],
-        longp["long-window fine-tune"],
-        longp["searched 8×, no fine-tune"],
-    )
-    claims.append((
-        "Fine-tuning on the searched factors improves long perplexity over the searched model alone",
-        None if None in (mix_l, noft) else mix_l < noft,
-        f"ppl@1024: mixed {fmt(mix_l)}, long {fmt(long_l)}, no fine-tune {fmt(noft)}",
-    ))  # fmt: skip
+    noft = longp["searched 8×, no fine-tune"]
+    for kind in ("mixed", "long"):
+        tuned = longp[f"{kind}-window fine-tune"]
+        claims.append((
+            f"Fine-tuning ({kind} windows) on the searched factors improves 8× perplexity over the searched model alone",
+            _lt(tuned, noft), f"ppl@1024: {fmt(tuned)} fine-tuned vs {fmt(noft)} not",
+        ))  # fmt: skip
 
     # --- table 3: search efficiency -----------------------------------------------------------
     body += [
@@ -376,6 +374,9 @@ NOTES = [
     "- Searched LongRoPE specs at 128 tokens use the short factors (all 1) but keep the "
     "attention factor sqrt(1 + ln s / ln L), exactly as transformers applies `longrope` "
     "(both factor sets share it); that is why their 1× perplexity is slightly above the base's.",
+    "- Both fine-tunes continue training on the base's own corpus (the evaluation books are in "
+    "it), so part of a fine-tune's gain at every length is more in-domain training, not "
+    "extension; the long run also sees more tokens in the same steps (all rows 1024).",
     "- Fine-tuning is 60 steps (≈ 90k tokens): far from the papers' budgets (LongRoPE2: 10B "
     "tokens); the fine-tuning rows test the direction of the effects, not their size.",
     "- DPE changes positions, not frequencies: 4 groups of pairs, each at the scale its sweep "
