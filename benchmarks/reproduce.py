@@ -137,6 +137,12 @@ def retrieval(tasks: dict, length: int) -> dict[str, float | None]:
     return out
 
 
+def digit_score(tasks: dict, length: int) -> float | None:
+    """Mean of the passkey and NIAH digit accuracies at ``length`` (those measured)."""
+    r = retrieval(tasks, length)
+    return _mean([v for k, v in r.items() if k.endswith("digits") and v is not None])
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -222,10 +228,8 @@ def build_report() -> str:
         "DCIS: at the same candidate budget DCIS finds factors at least as good as evolution",
         None if d is None or e is None else d <= e * 1.005, f"DCIS {fmt(d)} vs evolution {fmt(e)} at 1024",
     ))  # fmt: skip
-    rn = retrieval(base_runs.get("LongRoPE2 (needle-driven)", {}), 1024)
-    rp = retrieval(base_runs.get("LongRoPE2 (plain ppl)", {}), 1024)
-    score_n = _mean([v for k, v in rn.items() if k.endswith("digits") and v is not None])
-    score_p = _mean([v for k, v in rp.items() if k.endswith("digits") and v is not None])
+    score_n = digit_score(base_runs.get("LongRoPE2 (needle-driven)", {}), 1024)
+    score_p = digit_score(base_runs.get("LongRoPE2 (plain ppl)", {}), 1024)
     claims.append((
         "LongRoPE2: the needle-driven objective finds factors that retrieve better than plain perplexity",
         None if score_n is None or score_p is None else score_n > score_p,
@@ -234,8 +238,7 @@ def build_report() -> str:
     ))  # fmt: skip
     ry = retrieval(base_runs.get("YaRN", {}), 1024)
     rd = retrieval(base_runs.get("DPE", {}), 1024)
-    sy = _mean([v for k, v in ry.items() if k.endswith("digits") and v is not None])
-    sd = _mean([v for k, v in rd.items() if k.endswith("digits") and v is not None])
+    sy, sd = digit_score(base_runs.get("YaRN", {}), 1024), digit_score(base_runs.get("DPE", {}), 1024)
     claims.append((
         "DPE: training-free DPE retrieves better than YaRN",
         None if sy is None or sd is None else sd > sy,
