@@ -48,6 +48,10 @@ HELDOUT_BOOKS = range(39, 45)
 SMOL_LENGTH = 16384
 SMOL_EVALS = ("eval_original", "eval_pi", "eval_yarn", "eval_longrope2")
 PARTS = ("tiny", "efficiency", "smollm2")
+EFFICIENCY_RUNS = ((8, 4, 500), (16, 2, 400))
+"""(scale, --docs, --max-evals) per search_efficiency run: the caps docs/BENCHMARKS.md used
+(evolution's full 40 generations, 1,344 evaluations, take hours on 2 cores); 2 documents at
+16× halve the cost of each evaluation."""
 
 
 def smollm2_overrides(length: int = SMOL_LENGTH) -> list[str]:
@@ -164,6 +168,18 @@ def _lt(a, b) -> bool | None:
     return None if a is None or b is None else a < b
 
 
+def load_efficiency() -> dict | None:
+    """The search_efficiency runs of :data:`EFFICIENCY_RUNS` merged: setups listed, scales joined."""
+    setups, scales = [], {}
+    for scale, docs, cap in EFFICIENCY_RUNS:
+        path = OUT / f"search_efficiency_{scale}x" / "results.json"
+        if path.exists():
+            res = json.loads(path.read_text())
+            setups.append(f"{res.get('setup', '')} (--docs {docs}, --max-evals {cap})")
+            scales.update(res.get("scales", {}))
+    return {"setup": " / ".join(setups), "scales": scales} if setups else None
+
+
 # ----- the document ----------------------------------------------------------------------------
 def build_report() -> str:
     nf = OUT / "no_finetune"
@@ -172,8 +188,7 @@ def build_report() -> str:
     long = load_runs(OUT / "long_window" / "eval_ppl", OUT / "long_window" / "eval_needles")
     smol_dir = OUT / f"smollm2_{SMOL_LENGTH // 1024}k"
     smol = load_runs(*(smol_dir / s for s in SMOL_EVALS))
-    eff_path = OUT / "search_efficiency" / "results.json"
-    eff = json.loads(eff_path.read_text()) if eff_path.exists() else None
+    eff = load_efficiency()
     claims: list[tuple[str, bool | None, str]] = []
     body: list[str] = []
 
@@ -445,8 +460,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("no_finetune", "mixed_window", "long_window"):
                 run_recipe(f"recipes/repro/{name}.yaml")
         if "efficiency" in parts:
-            run([sys.executable, "benchmarks/search_efficiency.py", "--model", str(TINY / "base" / "model"),
-                 "--tokenizer", str(TINY / "tokenizer"), "--out", str(OUT / "search_efficiency")])  # fmt: skip
+            for scale, docs, cap in EFFICIENCY_RUNS:
+                run([sys.executable, "benchmarks/search_efficiency.py", "--model", str(TINY / "base" / "model"),
+                     "--tokenizer", str(TINY / "tokenizer"), "--scales", str(scale), "--docs", str(docs),
+                     "--algorithms", "evolution,dcis,longrope2", "--max-evals", str(cap),
+                     "--no-progress", "--out", str(OUT / f"search_efficiency_{scale}x")])  # fmt: skip
         if "smollm2" in parts:
             run_recipe("recipes/smollm2_135m_32k.yaml", *smollm2_overrides())
     text = build_report()

@@ -365,11 +365,11 @@ def stage_unavailable(stage) -> str | None:
             else None
         )
     if stage.kind in ("search", "readjust"):
-        from rope.search.runner import _resolve_config
+        from rope.search import resolve_config
         from rope.search.space import SearchConfigError
 
         try:
-            _resolve_config(stage.algorithm, stage.settings or None)
+            resolve_config(stage.algorithm, stage.settings or None)
         except (SearchConfigError, TypeError) as err:
             return f"settings: {err}"
     return None

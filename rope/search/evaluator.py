@@ -28,6 +28,7 @@ from pathlib import Path
 
 from rope.errors import RopeSpecError
 from rope.search.space import Candidate
+from rope.search.state import HistoryStats
 from rope.spec import RopeSpec
 
 LOG_FILE = "evaluations.jsonl"
@@ -78,7 +79,7 @@ class Distributed:
         return out
 
 
-class Evaluator:
+class Evaluator(HistoryStats):
     """``evaluate(candidates, cut=None) -> scores`` with cache, rejection, split and log."""
 
     def __init__(
@@ -112,14 +113,6 @@ class Evaluator:
         if self.log_path is not None and self.dist.is_main and self.log_path.exists():
             lines = self.log_path.read_text().splitlines(keepends=True)[: len(history)]
             self.log_path.write_text("".join(lines))
-
-    @property
-    def evaluations(self) -> int:
-        return len(self.history)
-
-    @property
-    def best(self) -> tuple[Candidate, float] | None:
-        return min(self.history, key=lambda h: h[1]) if self.history else None
 
     # ----- evaluation ---------------------------------------------------------------------
     def seen(self, cand: Candidate) -> bool:

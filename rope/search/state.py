@@ -26,8 +26,26 @@ PLOT_FILE = "progress.png"
 STATE_VERSION = 1
 
 
+class HistoryStats:
+    """``evaluations`` and ``best`` over a ``history`` of (candidate, score) in evaluation order.
+
+    Shared by the live :class:`~rope.search.evaluator.Evaluator` and the saved
+    :class:`SearchState`, which hold the same history.
+    """
+
+    history: list[tuple[Candidate, float]]
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.history)
+
+    @property
+    def best(self) -> tuple[Candidate, float] | None:
+        return min(self.history, key=lambda h: h[1]) if self.history else None
+
+
 @dataclass
-class SearchState:
+class SearchState(HistoryStats):
     algorithm: str
     seed: int
     config: dict[str, Any]
@@ -37,14 +55,6 @@ class SearchState:
     history: list[tuple[Candidate, float]] = field(default_factory=list)
     """Every distinct evaluated candidate, in evaluation order (the cache)."""
     done: bool = False
-
-    @property
-    def evaluations(self) -> int:
-        return len(self.history)
-
-    @property
-    def best(self) -> tuple[Candidate, float] | None:
-        return min(self.history, key=lambda h: h[1]) if self.history else None
 
     def to_json(self) -> dict[str, Any]:
         best = self.best

@@ -122,7 +122,7 @@ def test_population_fields_are_shared_and_checked_with_the_algorithms_name():
     from rope.search import PopulationConfig, resolve_config
     from rope.search.runner import _resolve_config
 
-    assert _resolve_config is resolve_config  # train/stages.py imports the old name
+    assert _resolve_config is resolve_config  # the old private name stays an alias
     shared = {f.name for f in dataclasses.fields(PopulationConfig)}
     assert shared <= {f.name for f in dataclasses.fields(EvolutionConfig)}
     assert shared <= {f.name for f in dataclasses.fields(LongRoPE2Config)}
