@@ -197,7 +197,7 @@ def run_ours(model, probe: Probe, length: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         stage_dir = Path(tmp) / "bench"
         stage_dir.mkdir()  # train.stages creates it before the loop runs
-        result = train_loop(model, probe, cfg, stage_dir, make_accelerator(), use_flash=False)
+        result = train_loop(model, probe, cfg, stage_dir, make_accelerator(), varlen=False)
     return result.losses[0]
 
 

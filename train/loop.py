@@ -56,15 +56,16 @@ def _scheduler(cfg: TrainStage, optimizer):
     return get_scheduler(name, optimizer, cfg.warmup_steps, cfg.steps, scheduler_specific_kwargs=extra)
 
 
-def model_inputs(batch: dict, use_flash: bool) -> dict:
+def model_inputs(batch: dict, varlen: bool) -> dict:
     """What the model's forward needs: packed rows with documents kept apart.
 
-    flash: the batch flattened to one sequence with ``cu_seq_lens`` (varlen kernels); SDPA /
-    eager: an ADDITIVE float block-diagonal causal mask (eager adds the mask to the scores, so
-    a bool mask would block nothing). ``use_cache=False``: with a cache transformers no
-    longer derives document boundaries, and training needs none.
+    ``varlen`` (flash-attention, or SDPA through :data:`train.attention.SEGMENTS`): the batch
+    flattened to one sequence with ``cu_seq_lens``, no mask tensor; otherwise (eager, SDPA on
+    models without AttentionInterface): an ADDITIVE float block-diagonal causal mask (eager adds
+    the mask to the scores, so a bool mask would block nothing). ``use_cache=False``: with a
+    cache transformers no longer derives document boundaries, and training needs none.
     """
-    if use_flash:
+    if varlen:
         return {**flash_varlen_kwargs(batch), "use_cache": False}
     inputs = {k: batch[k] for k in ("input_ids", "labels", "position_ids")}
     if not _one_document_per_row(batch["doc_ids"]):
@@ -106,11 +107,11 @@ def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, layo
             yield batch
 
 
-def _forward_loss(model, batch: dict, layout: sp.SPLayout, use_flash: bool, device) -> torch.Tensor:
+def _forward_loss(model, batch: dict, layout: sp.SPLayout, varlen: bool, device) -> torch.Tensor:
     """The micro-batch's loss: the model's own, or under SP this rank's shard reduced over the group."""
     if layout.size == 1:
         inputs = {
-            k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch, use_flash).items()
+            k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch, varlen).items()
         }
         return model(**inputs).loss
     part = sp.shard(batch, layout.rank, layout.size)
@@ -143,7 +144,7 @@ def train_loop(
     cfg: TrainStage,
     stage_dir: Path,
     accelerator: Accelerator,
-    use_flash: bool = False,
+    varlen: bool = False,
     sequence_parallel: int = 1,
 ) -> TrainResult:
     layout = sp.SPLayout.of(accelerator.process_index, accelerator.num_processes, sequence_parallel)
@@ -177,7 +178,7 @@ def train_loop(
             set_factor_set(accelerator.unwrap_model(model), batch["row_kind"])
             # accelerate decides the accumulation boundary (and DeepSpeed steps its engine there)
             with accelerator.accumulate(model):
-                loss = _forward_loss(model, batch, layout, use_flash, accelerator.device)
+                loss = _forward_loss(model, batch, layout, varlen, accelerator.device)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"{stage_dir.name}: loss is {loss.item()} at step {step + 1} (row kind {batch['row_kind']}); "

@@ -10,11 +10,13 @@ import importlib.util
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from safetensors.torch import save_file
 
 from rope import RopeSpec, apply_rope, save_extended
+from train.attention import SEGMENTS, segment_attention, supports_segments
 from train.context import RunContext
 from train.kernels import apply_liger
 from train.loop import train_loop
@@ -93,7 +95,7 @@ def _zero3(ctx: RunContext) -> bool:
 
 
 def _train(stage, ctx: RunContext, spec: RopeSpec) -> dict:
-    model = apply_rope(ctx.load_model(stage), spec)
+    model = bare = apply_rope(ctx.load_model(stage), spec)
     # on the bare model (before LoRA / the engine wrap it), after our rotary is installed
     apply_liger(model, ctx.recipe.model.liger, lambda m: ctx.log(f"[{stage.name}] {m}"), zero3=_zero3(ctx))
     n = ctx.recipe.sequence_parallel
@@ -108,15 +110,20 @@ def _train(stage, ctx: RunContext, spec: RopeSpec) -> dict:
         model = wrap_lora(model, stage.lora, seed=ctx.recipe.seed)
         ctx.log(f"[{stage.name}] LoRA: {len(trainable_names(model))} trainable tensors")
     stage_dir = ctx.stage_dir(stage.name)
-    result = train_loop(
-        model,
-        _batches(ctx, stage),
-        stage,
-        stage_dir,
-        ctx.accelerator,
-        use_flash=ctx.attention == "flash_attention_2",
-        sequence_parallel=n,
-    )
+    # SDPA keeps packed documents apart without a mask: one causal call per document
+    segments = ctx.attention == "sdpa" and n == 1 and supports_segments(bare)
+    if segments:
+        ctx.log(f"[{stage.name}] attention: sdpa per document ({SEGMENTS}), no mask tensor")
+    with segment_attention(bare) if segments else nullcontext():
+        result = train_loop(
+            model,
+            _batches(ctx, stage),
+            stage,
+            stage_dir,
+            ctx.accelerator,
+            varlen=ctx.attention == "flash_attention_2" or segments,
+            sequence_parallel=n,
+        )
     _save_model(ctx, result.model, spec, stage_dir, lora=stage.lora)
     return {
         "steps": result.steps,

@@ -17,7 +17,7 @@ def test_packed_row_logits_equal_each_document_alone(attn):
     docs = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (10, 17, 5)]
     rows = list(pack_documents(docs, row_length=32, pad_id=0))
     batch = collate_rows(rows[:1])
-    inputs = model_inputs(batch, use_flash=False)
+    inputs = model_inputs(batch, varlen=False)
     with torch.no_grad():
         packed = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[0]
         start = 0
@@ -31,6 +31,6 @@ def test_single_document_rows_use_the_causal_fast_path():
     docs = [list(range(3, 40)), list(range(3, 50))]
     rows = list(pack_documents(docs, row_length=64, pad_id=0, overflow="pad"))
     batch = collate_rows(rows)
-    assert "attention_mask" not in model_inputs(batch, use_flash=False)
+    assert "attention_mask" not in model_inputs(batch, varlen=False)
     mixed = collate_rows(list(pack_documents([docs[0][:20], docs[1][:20]], row_length=64, pad_id=0)))
-    assert "attention_mask" in model_inputs(mixed, use_flash=False)
+    assert "attention_mask" in model_inputs(mixed, varlen=False)
