@@ -9,17 +9,18 @@ Same model, same data, same optimizer settings on both sides:
   head), SDPA attention, float32, built from the same seed;
 - data: rows of N random tokens built once with ``data.packing`` (one micro-batch = one row).
   ``single``: one document per row, so both sides take SDPA's causal fast path (no mask tensor);
-  ``packed4``: four documents of N/4 tokens per row. Ours keeps them apart (block-diagonal
-  additive mask, positions restarting per document); the plain step does what a plain loop
-  does with packed rows — causal attention across the whole row, documents seeing each
-  other — so the ``packed4`` ratio is the price of the document mask (plus the loop's own cost,
-  which ``single`` isolates);
+  ``packed4``: four documents of N/4 tokens per row. Ours keeps them apart as the runner does
+  on SDPA (:mod:`train.attention`: the batch flattened with ``cu_seq_lens``, one causal SDPA
+  call per group of equal-length documents, positions restarting per document, no mask
+  tensor); the plain step does what a plain loop does with packed rows — causal attention
+  across the whole row, documents seeing each other — so the ``packed4`` ratio is the price of
+  keeping documents apart (plus the loop's own cost, which ``single`` isolates);
 - plain: ``loss = model(input_ids=..., labels=...).loss; loss.backward(); opt.step();
   opt.zero_grad()`` with ``torch.optim.AdamW`` (lr 1e-4, betas 0.9/0.95, no weight decay);
 - ours: the real ``train_loop`` under ``train.run.make_accelerator()``, with our
   ``ScaledRotaryEmbedding`` installed by ``rope.apply_rope`` (the model's own default RoPE, L = N,
   rows of kind "original"), and everything the loop does per step: ``set_factor_set``,
-  ``model_inputs`` (one-document check, mask), the finite-loss check, ``loss.item()``, the
+  ``model_inputs`` (flattened varlen batch), the finite-loss check, ``loss.item()``, the
   cross-process loss reduce, gradient clipping, the LR schedule, the progress bar, logging.
 
 Timing without touching the loop, both loops' steps interleaved in one process so that load from
@@ -177,6 +178,7 @@ def run_plain(model, probe: Probe, device: str) -> float:
 def run_ours(model, probe: Probe, length: int) -> float:
     """The real training loop, unchanged; returns the first loss."""
     from rope import apply_rope, from_hf_config
+    from train.attention import segment_attention
     from train.loop import train_loop
     from train.recipe import PretrainStage
     from train.run import make_accelerator
@@ -197,7 +199,9 @@ def run_ours(model, probe: Probe, length: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         stage_dir = Path(tmp) / "bench"
         stage_dir.mkdir()  # train.stages creates it before the loop runs
-        result = train_loop(model, probe, cfg, stage_dir, make_accelerator(), varlen=False)
+        # what train.stages._train does on SDPA: one causal call per document, no mask tensor
+        with segment_attention(model):
+            result = train_loop(model, probe, cfg, stage_dir, make_accelerator(), varlen=True)
     return result.losses[0]
 
 

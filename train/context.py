@@ -220,7 +220,9 @@ class RunContext:
 
         Short rows are packed from documents ≤ L (LongRoPE2 §3.3). When a corpus has only long
         documents (the KJV books), they are also cut into L-token pieces so short rows exist;
-        synthetic passkey documents are mixed in at ``data.passkey_share``.
+        synthetic passkey documents are mixed in at ``data.passkey_share``: ≤ L ones among the
+        short documents, and for each rescaled window ones of half to all its length among the
+        long documents.
         """
         L, docs = self.original_length, self.documents()
         out = list(docs)
@@ -233,28 +235,37 @@ class RunContext:
         share = self.recipe.data.passkey_share
         if share > 0:
             out += self._passkey_documents(L, round(share / (1 - share) * sum(len(d) <= L for d in out)))
+            n_long = sum(len(d) > L for d in docs)
+            for length in sorted({w.length for w in windows if w.rope == "rescaled"}):
+                # long rows retrieve too: passkey documents of L' / 2 … L' tokens, as many per
+                # long-window length as the share asks of the long documents
+                out += self._passkey_documents(length, round(share / (1 - share) * n_long))
         return out
 
     def _passkey_documents(self, length: int, count: int) -> list[list[int]]:
         from data.errors import DataError
         from data.synthetic import passkey_sample
 
-        rng = random.Random(self.recipe.seed)
+        # ≤ L documents: the stream the base was pretrained on; each long length its own stream
+        # and keys (seeds from length·10⁶), so long rows never repeat a short document's key
+        short = length == self.original_length
+        rng = random.Random(self.recipe.seed if short else f"{self.recipe.seed}:{length}")
+        first = 0 if short else length * 1_000_000
         tok = self.tokenizer()
         docs = []
         for i in range(count):
             # one token short of the length, so the EOS never cuts the answer off
             want, depth = rng.randint(length // 2, length - 1), rng.random()
             try:
-                sample = passkey_sample(tok, length=want, depth=depth, seed=i)
+                sample = passkey_sample(tok, length=want, depth=depth, seed=first + i)
             except DataError:  # shorter than the fixed prompt: use the longest length that fits
                 try:
-                    sample = passkey_sample(tok, length=length - 1, depth=depth, seed=i)
+                    sample = passkey_sample(tok, length=length - 1, depth=depth, seed=first + i)
                 except DataError as err:
                     raise DataError(
                         f"data.passkey_share: passkey documents do not fit in L={length} ({err})"
                     ) from None
             eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
             docs.append([*sample.input_ids, *eos])
-        self.log(f"data: mixed in {count} synthetic passkey documents")
+        self.log(f"data: mixed in {count} synthetic passkey documents of <= {length} tokens")
         return docs
