@@ -68,3 +68,40 @@ def test_report_from_results_with_pending_cells(repro, tmp_path):
     assert "| pending |" in line  # the mixed run is incomplete: no verdict from it
     yarn = next(x for x in text.splitlines() if x.startswith("| YaRN |"))
     assert "| 20.00 | pending | pending | 28.00 | 0 | 40.0 |" in yarn
+
+
+def test_scaled_runs_override_every_target_and_validate(repro):
+    from train.load import load_recipe
+
+    recipe_file = ROOT / "recipes" / "repro" / "no_finetune.yaml"
+    committed = load_recipe(recipe_file, check_files=False)
+    assert repro.no_finetune_overrides(8) == []
+    searches = {s.name for s in committed.stages if s.kind == "search"}
+    assert searches == set(repro.NO_FT_TARGETED)  # a new search stage would keep 1024 at 16×
+    for scale in (16, 32):
+        recipe = load_recipe(recipe_file, repro.no_finetune_overrides(scale), check_files=False)
+        n = 128 * scale
+        assert recipe.output_dir.endswith(f"no_finetune_{scale}x")
+        assert {s.target_length for s in recipe.stages if s.kind == "search"} == {n}
+        assert all(s.lengths == [n] for s in recipe.stages if s.kind == "eval")
+
+
+def test_scaled_table_gives_one_verdict_per_scale(repro, tmp_path):
+    _eval_stage(
+        tmp_path / "no_finetune" / "eval_ppl",
+        [{"name": "YaRN", "tasks": _ppl({1024: 28.0})}, {"name": "DCIS", "tasks": _ppl({1024: 30.0})}],
+    )
+    _eval_stage(
+        tmp_path / "no_finetune_16x" / "eval_ppl",
+        [{"name": "YaRN", "tasks": _ppl({2048: 33.0})}, {"name": "DCIS", "tasks": _ppl({2048: 31.5})}],
+    )
+    lines = repro.build_report().splitlines()
+    verdicts = {
+        k: next(x for x in lines if x.startswith(f"| LongRoPE: searched factors extend {k}×"))
+        for k in (8, 16, 32)
+    }
+    assert "**does not hold**" in verdicts[8] and "30.00 vs best baseline 28.00 at 1024" in verdicts[8]
+    assert "**holds**" in verdicts[16] and "31.50 vs best baseline 33.00 at 2048" in verdicts[16]
+    assert "| pending |" in verdicts[32]
+    row = next(x for x in lines if x.startswith("| DCIS | 30.00 | 31.50 | pending |"))
+    assert row.count("pending") == 4  # 32× perplexity and the three retrieval cells
