@@ -25,6 +25,19 @@ from train.load import RecipeError, load_recipe
 from train.recipe import Recipe, source_stage
 
 MARKER = "COMPLETE"
+
+
+def _stage_errors() -> tuple[type[Exception], ...]:
+    """The errors our own layers raise with a message meant for the user (bad data, settings,
+    specs, a non-finite loss): a stage that raises one stops the run with that one line."""
+    from data.errors import DataError
+    from eval.scorer import ScorerError
+    from rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError
+    from train.loop import TrainingError
+
+    return DataError, ScorerError, RopeSpecError, RopeExportError, UnsupportedArchitectureError, TrainingError
+
+
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
 
 
@@ -128,7 +141,10 @@ def run(recipe: Recipe, recipe_file: Path) -> dict:
         if accelerator.is_main_process:
             write_json(stage_dir / "config.json", stage.model_dump(mode="json"))
         started = time.perf_counter()
-        result = STAGES[stage.kind](stage, ctx)
+        try:
+            result = STAGES[stage.kind](stage, ctx)
+        except _stage_errors() as err:
+            raise RecipeError([f"{recipe_file}: stages.{stage.name} ({stage.kind}): {err}"]) from err
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
         if accelerator.is_main_process:
             write_json(stage_dir / "result.json", result)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from .conftest import ENV, REPO, run_cli, write_recipe
+from .conftest import ENV, REPO, model_recipe, run_cli, write_recipe
 
 
 def _run(recipe: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,3 +90,17 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, tiny_corpus):
     assert "step-8 is unusable" in proc.stderr
     result = json.loads((stage / "result.json").read_text())
     assert result["resumed_from_step"] == 4 and result["steps"] == 10
+
+
+def test_stage_failing_on_its_input_stops_with_one_line(tmp_path, tiny_corpus, longrope_model):
+    """An error our layers raise mid-run (here: a needle sample cannot fit the readjust length)
+    is one line naming the recipe file and the stage, exit status 2, no traceback."""
+    stage = {"name": "readjust", "kind": "readjust", "target_length": 64, "objective": "needle_ppl",
+             "num_samples": 1, "max_evaluations": 2}  # fmt: skip
+    recipe = model_recipe(tmp_path / "r.yaml", longrope_model, tiny_corpus, tmp_path / "out", [stage])
+    proc = _run(recipe, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{recipe}: stages.readjust (readjust): needle_ppl: length=64 is too short"), last
+    assert not (tmp_path / "out" / "readjust" / "COMPLETE").exists()
