@@ -3,7 +3,7 @@
 Fine-tuning only on long rescaled rows costs short-context quality; LongRoPE2 (arXiv
 2502.20082 §3.3) trains on both at once: rows packed from short documents (≤ L, the
 pretrained length) run with the ORIGINAL RoPE and a document mask, rows of long
-documents (> L, cut to the window) run with the RESCALED RoPE. Without it the paper's
+documents (> L, split into row-length pieces) run with the RESCALED RoPE. Without it the paper's
 LLaMA3-8B loses RULER-128k (82.03 → 80.18) and MMLU (→ 64.57).
 
 A recipe lists :class:`Window` s (row length, share of tokens or rows, which RoPE). The
@@ -41,7 +41,7 @@ class Window:
     """Fraction of all training tokens (or rows) that come from this window."""
     rope: Literal["original", "rescaled"]
     """``original``: rows of documents ≤ L with the pretrained RoPE; ``rescaled``: rows of
-    documents > L (cut to ``length``) with the searched factors."""
+    documents > L (split into ``length``-token pieces) with the searched factors."""
     share_of: Literal["tokens", "rows"] = "tokens"
     """What ``share`` counts."""
 
@@ -147,8 +147,10 @@ class MixedWindowSampler:
                 yield from ((d, self.lengths[d]) for d in order)
                 epoch += 1
 
-        long_docs = "truncate" if window.rope == "rescaled" else "split"
-        return plan_rows(lengths(), window.length, long_docs=long_docs, stats=self.stats[w])
+        # a document longer than the row continues in the next rows (positions restart per
+        # piece): every token of a long document is trained on once per epoch — cutting it to
+        # its first window instead repeats those few rows over and over on a corpus of books
+        return plan_rows(lengths(), window.length, long_docs="split", stats=self.stats[w])
 
     def _tokens(self, doc: int) -> list[int]:
         if hasattr(self.docs, "column_names"):

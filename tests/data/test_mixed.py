@@ -67,20 +67,31 @@ def test_rows_hold_only_their_kind_of_documents(docs):
     assert set(kinds) == {"original", "rescaled"}
 
 
-def test_long_documents_are_cut_to_the_window(docs):
+def test_long_documents_are_split_and_every_token_is_used(docs):
+    """Rescaled rows hold consecutive pieces of long documents (positions restarting per piece)
+    until each long document has been used whole: none is cut to its first window."""
     sampler = MixedWindowSampler(docs, WINDOWS, L, micro_batch_size=1, seed=2)
-    for batch in _take(sampler, 60):
+    seen: dict[int, list[tuple[int, int]]] = {}
+    for batch in _take(sampler, 400):
         if batch["row_kind"] != "rescaled":
             continue
-        window = WINDOWS[batch["window"]].length
         ids, doc_ids = batch["input_ids"][0].tolist(), batch["doc_ids"][0].tolist()
+        positions = batch["position_ids"][0].tolist()
         offset = 0
         for n in torch.diff(batch["cu_seq_lens"]).tolist():
             doc, piece = doc_ids[offset], ids[offset : offset + n]
-            kept = docs[doc][:window]  # a long document keeps only its first `window` tokens
-            assert piece in (kept[:n], kept[len(kept) - n :])  # its head, or the tail carried over
+            assert positions[offset : offset + n] == list(range(n))
+            full = docs[doc]
+            starts = [i for i in range(len(full) - n + 1) if full[i : i + n] == piece]
+            assert starts, "a piece is a contiguous run of its document"
+            seen.setdefault(doc, []).append((starts[0], n))
             offset += n
-    assert sum(s.truncated_documents for s in sampler.stats) > 0  # reported, not silent
+    long_docs = [d for d, toks in enumerate(docs) if len(toks) > max(w.length for w in WINDOWS)]
+    assert long_docs, "the fixture must hold documents longer than the long window"
+    top = max(w.length for w in WINDOWS)
+    past = [d for d in long_docs if any(start >= top for start, _ in seen.get(d, []))]
+    assert past, "documents longer than the row are used past their first window (truncation never is)"
+    assert all(s.truncated_documents == 0 for s in sampler.stats)
 
 
 def test_same_seed_same_rows_other_seed_other_rows(docs):
