@@ -221,8 +221,10 @@ class RunContext:
         Short rows are packed from documents ≤ L (LongRoPE2 §3.3). When a corpus has only long
         documents (the KJV books), they are also cut into L-token pieces so short rows exist;
         synthetic passkey documents are mixed in at ``data.passkey_share``: ≤ L ones among the
-        short documents, and for each rescaled window ones of half to all its length among the
-        long documents.
+        short documents (as many as the share asks of their count), and for each rescaled window
+        ones of half to all its length among the long documents, as many as the share asks of
+        the long documents' TOKENS (the sampler splits a long document over many rows, so a
+        count per document would leave long rows almost without passkeys on a corpus of books).
         """
         L, docs = self.original_length, self.documents()
         out = list(docs)
@@ -235,11 +237,11 @@ class RunContext:
         share = self.recipe.data.passkey_share
         if share > 0:
             out += self._passkey_documents(L, round(share / (1 - share) * sum(len(d) <= L for d in out)))
-            n_long = sum(len(d) > L for d in docs)
+            long_tokens = sum(len(d) for d in docs if len(d) > L)
             for length in sorted({w.length for w in windows if w.rope == "rescaled"}):
-                # long rows retrieve too: passkey documents of L' / 2 … L' tokens, as many per
-                # long-window length as the share asks of the long documents
-                out += self._passkey_documents(length, round(share / (1 - share) * n_long))
+                # long rows retrieve too: passkey documents of L' / 2 … L' tokens (¾ L' on average)
+                count = round(share / (1 - share) * long_tokens / (0.75 * length))
+                out += self._passkey_documents(length, max(1, count))
         return out
 
     def _passkey_documents(self, length: int, count: int) -> list[list[int]]:
