@@ -105,3 +105,22 @@ def test_scaled_table_gives_one_verdict_per_scale(repro, tmp_path):
     assert "| pending |" in verdicts[32]
     row = next(x for x in lines if x.startswith("| DCIS | 30.00 | 31.50 | pending |"))
     assert row.count("pending") == 4  # 32× perplexity and the three retrieval cells
+
+
+def test_efficiency_claim_bounds_evolution_that_never_reached(repro, tmp_path):
+    algos = {
+        "evolution": {"evaluations": 400, "evals_to_reach": None, "best_ppl": 37.4},
+        "dcis": {"evaluations": 237, "evals_to_reach": 160, "best_ppl": 36.9},
+    }
+    path = tmp_path / "search_efficiency_16x" / "results.json"
+    path.parent.mkdir()
+    setup = f"model {repro.ROOT}/outputs/tiny/base/model"
+    path.write_text(
+        json.dumps({"setup": setup, "scales": {"16": {"target_length": 2048, "algorithms": algos}}})
+    )
+    lines = repro.build_report().splitlines()
+    claim = next(x for x in lines if x.startswith("| DCIS: ≤ 0.5× the evaluations") and "(16×)" in x)
+    assert "**holds**" in claim and "160 vs > 400" in claim
+    assert "| dcis | 237 | 160 | 36.90 | < 0.400 |" in lines
+    assert "| evolution | 400 | not reached in 400 | 37.40 | – |" in lines
+    assert any("16×: model outputs/tiny/base/model" in x for x in lines)  # no machine paths
