@@ -344,6 +344,19 @@ def build_report() -> str:
         ["model"] + [f"ppl {x}" for x in lengths] + ["passkey % @1024", "passkey digits % @1024"], rows
     )
     body.append("")
+    seen = load_runs(OUT / "mixed_window" / "eval_ppl_seen", OUT / "long_window" / "eval_ppl_seen")
+    body += [
+        "The same models on the first 3 KJV books (Genesis, Exodus, Leviticus: text the fine-tunes "
+        "train on and the searches score — the fine-tunes' own domain; stage `eval_ppl_seen`). "
+        "Where these fall and the held-out ones rise, the fine-tune forgets the held-out books "
+        "(which the base saw in pretraining) rather than failing at length:",
+        "",
+    ]
+    body += table(
+        ["model"] + [f"ppl {x}" for x in lengths],
+        [[n] + [fmt(ppl(seen.get(n, {}), x)) for x in lengths] for n, _ in ft_rows],
+    )
+    body.append("")
     short = {n: ppl(t or {}, 128) for n, t in ft_rows}
     longp = {n: ppl(t or {}, 1024) for n, t in ft_rows}
     b, m, lw, lr = (short[k] for k in ("base (original RoPE)", "mixed-window fine-tune", "long-window fine-tune",
@@ -353,9 +366,11 @@ def build_report() -> str:
         None if None in (m, lw) else m <= lw,
         f"ppl@128: base {fmt(b)}, mixed {fmt(m)}, long {fmt(lw)}",
     ))  # fmt: skip
+    change = None if lr is None or lw is None else 100 * (lr / lw - 1)
     claims.append((
-        "LongRoPE: short-context readjustment recovers short perplexity after long fine-tuning",
-        _lt(lr, lw), f"ppl@128: {fmt(lr)} readjusted vs {fmt(lw)} not",
+        "LongRoPE: short-context readjustment recovers short perplexity after long fine-tuning (by > 1 %)",
+        None if change is None else change < -1.0,
+        f"ppl@128: {fmt(lr)} readjusted vs {fmt(lw)} not ({fmt(change)} %)",
     ))  # fmt: skip
     noft = longp["searched 8×, no fine-tune"]
     for kind in ("mixed", "long"):
@@ -428,8 +443,12 @@ def build_report() -> str:
         "(`recipes/repro/*.yaml`, `recipes/smollm2_135m_32k.yaml`); CPU, float32, seed 0 "
         "everywhere. Reruns give the same numbers: the runs are deterministic on CPU (a rerun "
         "of a table's command reuses finished stages; delete `outputs/repro/<experiment>` to "
-        "recompute — the same seed gives the same factors and perplexities up to float "
-        'summation order, ≤ 1e-4 relative). "pending" = not yet run (cost), never a guess.',
+        "recompute). Checked: the 8× DCIS search and the perplexity eval rerun from scratch gave "
+        "the identical factors and bit-identical perplexities (same machine, `OMP_NUM_THREADS=1`, "
+        "torch 2.13.0+cpu, transformers 5.24). Another thread count or library version changes "
+        "float summation order: the 2500-step base then differs by ~1 % in perplexity (17.68 vs "
+        '17.88 at L between two sessions), and every table with it. "pending" = not yet run '
+        "(cost), never a guess.",
         "",
         "## Summary: which claims hold at this scale",
         "",
