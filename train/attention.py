@@ -63,12 +63,15 @@ def segment_sdpa_forward(
     dropout_p = dropout if module.training else 0.0
     pieces: dict[int, torch.Tensor] = {}
     for length, starts in by_length.items():
-        # [documents, heads, length, head_dim]: equal-length documents in one batched call
-        q, k, v = (torch.cat([t[:, :, s : s + length] for s in starts]) for t in (query, key, value))
+        if len(starts) == 1:  # a view, not a copy: a one-document row costs what plain SDPA does
+            q, k, v = (t[:, :, starts[0] : starts[0] + length] for t in (query, key, value))
+        else:  # [documents, heads, length, head_dim]: equal-length documents in one batched call
+            q, k, v = (torch.cat([t[:, :, s : s + length] for s in starts]) for t in (query, key, value))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scaling)
         for i, s in enumerate(starts):
             pieces[s] = out[i : i + 1]
-    attn = torch.cat([pieces[s] for s in sorted(pieces)], dim=2)  # [1, heads, tokens, head_dim]
+    ordered = [pieces[s] for s in sorted(pieces)]
+    attn = ordered[0] if len(ordered) == 1 else torch.cat(ordered, dim=2)  # [1, heads, tokens, head_dim]
     return attn.transpose(1, 2).contiguous(), None
 
 

@@ -64,3 +64,20 @@ def test_without_cu_seq_lens_it_is_plain_sdpa():
             got = model(input_ids=ids).logits
     torch.testing.assert_close(got, ref)
     assert supports_segments(model)
+
+
+def test_one_document_row_equals_plain_causal_sdpa():
+    """The one-piece case (views, no concatenation) gives the plain causal loss and gradients."""
+    model = tiny_model(tiny_config("llama", attn_implementation="sdpa")).train()
+    docs, batch = _batch((32,), row_length=32, seed=3)
+    ids = torch.tensor(docs)
+    ref = model(input_ids=ids, labels=ids).loss
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with segment_attention(model):
+        loss = model(**model_inputs(batch, varlen=True)).loss
+        loss.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    for p, g in zip(model.parameters(), ref_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
