@@ -426,7 +426,13 @@ def build_report() -> str:
     claims.append((
         "LongRoPE2 on SmolLM2: searched factors beat PI and YaRN at 2× with no fine-tuning",
         _lt(s16["LongRoPE2 (searched)"], base16) if len([v for v in s16.values() if v]) == 3 else None,
-        f"ppl@16k: LongRoPE2 {fmt(s16['LongRoPE2 (searched)'])}, PI {fmt(s16['PI'])}, YaRN {fmt(s16['YaRN'])}",
+        f"ppl@16k: LongRoPE2 {fmt(s16['LongRoPE2 (searched)'])}, PI {fmt(s16['PI'])}, YaRN {fmt(s16['YaRN'])}; "
+        "passkey exact @8k / @16k (1 sample each): "
+        + ", ".join(
+            f"{n.split(' ')[0]} {fmt(retrieval(smol.get(n, {}), 8192).get('passkey'), 0)} / "
+            f"{fmt(retrieval(smol.get(n, {}), SMOL_LENGTH).get('passkey'), 0)}"
+            for n in ("LongRoPE2 (searched)", "PI", "YaRN")
+        ),
     ))  # fmt: skip
     sy, sd = (digit_score(smol.get(n, {}), SMOL_LENGTH) for n in ("YaRN", "DPE"))
     claims.append((

