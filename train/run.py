@@ -188,7 +188,19 @@ def main(argv: list[str] | None = None) -> int:
         for line in err.lines:
             print(line, file=sys.stderr)
         return 2
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before exit: left to interpreter shutdown, a multi-process CPU
+    (gloo) run could abort in a rank after its work was done ("terminate called without an
+    active exception", exit -6), and the launcher then kills the other ranks."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
