@@ -515,7 +515,7 @@ def scale_notes(base_runs: dict[str, dict]) -> list[str]:
     at_l = base_passkey_at_L()
     own = "pending" if at_l is None else f"{at_l:.0f} %"
     return [
-        f"- Scale: the tiny base is a 1M-parameter model trained for ~9 minutes; its passkey "
+        f"- Scale: the tiny base is a 1M-parameter model trained for ~11 minutes; its passkey "
         f"exact-match accuracy at its own length L = 128 is {own} (`outputs/tiny/eval`). The "
         "retrieval claims compare two runs at 1024 on 12 passkey and 12 NIAH samples: on "
         "exact-match accuracy when either retrieves a key exactly, else on digit accuracy — a "
@@ -531,14 +531,15 @@ NOTES = [
     "- Searched LongRoPE specs at 128 tokens use the short factors (all 1) but keep the "
     "attention factor sqrt(1 + ln s / ln L), exactly as transformers applies `longrope` "
     "(both factor sets share it); that is why their 1× perplexity is slightly above the base's.",
-    "- The fine-tunes never see the held-out books (a long row is the first 1024 tokens of a "
-    "book, exactly the text the perplexity columns score, so training on them would be "
-    "memorisation); the base did see them in pretraining, equally for every row. The long run "
-    "sees more tokens in the same steps (all rows 1024).",
-    "- Fine-tuning is 600 steps of 2 rows at lr 5e-4 — the main job's fine-tune settings "
-    "(`recipes/tiny.yaml`, chosen there before these tables existed): ≈ 0.9M tokens mixed, "
-    "1.2M long, far from the papers' budgets (LongRoPE2: 10B tokens); the fine-tuning rows "
-    "test the direction of the effects, not their size.",
+    "- The fine-tunes never see the held-out books (the perplexity columns score their opening "
+    "tokens, so training on them would be memorisation); the base did see them in pretraining, "
+    "equally for every row. Long documents are split over rows (every token once per epoch). "
+    "The long run sees more tokens in the same steps (all rows 1024).",
+    "- Fine-tuning is 600 steps of 2 rows at lr 5e-4 — the main job's fine-tune settings when "
+    "these tables were set up (`recipes/tiny.yaml`; it has since moved to 2000 steps for long "
+    "retrieval, the tables were not re-tuned): ≈ 0.9M tokens mixed, 1.2M long, far from the "
+    "papers' budgets (LongRoPE2: 10B tokens); the fine-tuning rows test the direction of the "
+    "effects, not their size.",
     "- DPE changes positions, not frequencies: 4 groups of pairs, each at the scale its sweep "
     "on needle samples picked, with normal positions inside a 32-token window (Self-Extend-like).",
 ]
