@@ -294,8 +294,7 @@ def build_report() -> str:
     ))  # fmt: skip
     pair = {k: base_runs.get(k, {}) for k in ("LongRoPE2 (needle-driven)", "LongRoPE2 (plain ppl)")}
     score, measure = retrieval_measure(pair, 1024)
-    score_n = score(base_runs.get("LongRoPE2 (needle-driven)", {}), 1024)
-    score_p = score(base_runs.get("LongRoPE2 (plain ppl)", {}), 1024)
+    score_n, score_p = (score(t, 1024) for t in pair.values())
     claims.append((
         "LongRoPE2: the needle-driven objective finds factors that retrieve better than plain perplexity",
         None if score_n is None or score_p is None else score_n > score_p,
@@ -466,7 +465,7 @@ def build_report() -> str:
         "|---|---|---|",
     ]
     head += [f"| {c} | {verdict(ok)} | {why} |" for c, ok, why in claims]
-    head += ["", *NOTES[:2], *scale_notes(base_runs), *NOTES[2:], ""]
+    head += ["", *NOTES[:2], *scale_notes(), *NOTES[2:], ""]
     return "\n".join(head + body) + "\n"
 
 
@@ -510,7 +509,7 @@ def scaled_table(by_scale: dict[int, dict[str, dict]], claims: list) -> list[str
     return lines
 
 
-def scale_notes(base_runs: dict[str, dict]) -> list[str]:
+def scale_notes() -> list[str]:
     """What the retrieval columns can show, given how well the tiny base retrieves."""
     at_l = base_passkey_at_L()
     own = "pending" if at_l is None else f"{at_l:.0f} %"

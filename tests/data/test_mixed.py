@@ -68,10 +68,10 @@ def test_rows_hold_only_their_kind_of_documents(docs):
 
 
 def test_long_documents_are_split_and_every_token_is_used(docs):
-    """Rescaled rows hold consecutive pieces of long documents (positions restarting per piece)
-    until each long document has been used whole: none is cut to its first window."""
+    """Rescaled rows hold contiguous pieces of long documents (positions restarting per piece),
+    and documents longer than the row are used past their first window, not cut to it."""
     sampler = MixedWindowSampler(docs, WINDOWS, L, micro_batch_size=1, seed=2)
-    seen: dict[int, list[tuple[int, int]]] = {}
+    seen: dict[int, list[int]] = {}  # document → start offsets of its pieces
     for batch in _take(sampler, 400):
         if batch["row_kind"] != "rescaled":
             continue
@@ -84,12 +84,12 @@ def test_long_documents_are_split_and_every_token_is_used(docs):
             full = docs[doc]
             starts = [i for i in range(len(full) - n + 1) if full[i : i + n] == piece]
             assert starts, "a piece is a contiguous run of its document"
-            seen.setdefault(doc, []).append((starts[0], n))
+            seen.setdefault(doc, []).append(starts[0])
             offset += n
-    long_docs = [d for d, toks in enumerate(docs) if len(toks) > max(w.length for w in WINDOWS)]
-    assert long_docs, "the fixture must hold documents longer than the long window"
     top = max(w.length for w in WINDOWS)
-    past = [d for d in long_docs if any(start >= top for start, _ in seen.get(d, []))]
+    long_docs = [d for d, toks in enumerate(docs) if len(toks) > top]
+    assert long_docs, "the fixture must hold documents longer than the long window"
+    past = [d for d in long_docs if any(start >= top for start in seen.get(d, []))]
     assert past, "documents longer than the row are used past their first window (truncation never is)"
     assert all(s.truncated_documents == 0 for s in sampler.stats)
 
