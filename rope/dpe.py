@@ -130,7 +130,10 @@ class DPEPlan:
 
 QUERY_BLOCK = 1024
 """Queries per block: the score tensors are [b, heads, block, keys] instead of [b, heads, n, n]
-(at 16k tokens and 9 heads, 0.6 GB per tensor instead of 10 GB). Same math row by row."""
+(at 16k tokens and 9 heads, 0.6 GB per tensor instead of 10 GB). Same math row by row. In a causal
+module a block scores only the keys up to its last row, and with unpacked positions each key range
+that is all-near or all-far is computed once: 2.8× / 4.0× faster than both parts over every key at
+4k / 8k tokens (benchmarks/dpe_attention.py)."""
 
 
 def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -152,20 +155,42 @@ def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.
     )
     far_k = _rotate(key_states, dk.float()).transpose(2, 3)
     far_q = _rotate(query, dq.float())
+    near_k = key_states.transpose(2, 3)
+    offset = k_len - q_len  # query row r sits at key index r + offset
+    causal = bool(getattr(module, "is_causal", False)) and attention_mask is not None
+    # Positions equal to key indices (no packing): the near/far split is a band in index space.
+    plain = q_pos.shape[-1] == q_len and bool(
+        (q_pos == torch.arange(offset, k_len, device=query.device)).all()
+    )
     outs, all_weights = [], []
     for start in range(0, q_len, QUERY_BLOCK):
-        rows = slice(start, min(start + QUERY_BLOCK, q_len))
-        near = torch.matmul(query[:, :, rows], key_states.transpose(2, 3)) * scaling  # [b, h, block, k]
-        far = torch.matmul(far_q[:, :, rows], far_k) * scaling
-        local = (q_pos[:, rows, None] - k_pos[:, None, :]) < plan.window  # [b, block, k]
-        weights = torch.where(local[:, None], near, far)
-        del near, far
+        end = min(start + QUERY_BLOCK, q_len)
+        rows = slice(start, end)
+        hi = end + offset if causal else k_len  # later keys are masked for every row of the block
+        if plain:  # keys before near_lo are far for every row, keys from far_hi on are near
+            near_lo = min(max(0, start + offset - plan.window + 1), hi)
+            far_hi = min(max(0, end + offset - plan.window), hi)
+        else:
+            near_lo, far_hi = 0, hi
+        weights = torch.empty(b, query.shape[1], end - start, hi, dtype=query.dtype, device=query.device)
+        if near_lo:
+            torch.matmul(far_q[:, :, rows], far_k[..., :near_lo], out=weights[..., :near_lo])
+        if far_hi < hi:
+            torch.matmul(query[:, :, rows], near_k[..., far_hi:hi], out=weights[..., far_hi:hi])
+        if near_lo < far_hi:  # keys that are near for some rows and far for others
+            band = slice(near_lo, far_hi)
+            near = torch.matmul(query[:, :, rows], near_k[..., band])
+            far = torch.matmul(far_q[:, :, rows], far_k[..., band])
+            local = (q_pos[:, rows, None] - k_pos[:, None, band]) < plan.window  # [b, block, keys]
+            weights[..., band] = torch.where(local[:, None], near, far)
+            del near, far
+        weights *= scaling
         if attention_mask is not None:
-            mask = attention_mask[..., :k_len]
-            weights = weights + (mask if mask.shape[-2] == 1 else mask[..., rows, :])
+            mask = attention_mask[..., :hi]
+            weights += mask if mask.shape[-2] == 1 else mask[..., rows, :]
         weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
         weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
-        outs.append(torch.matmul(weights, value_states))
+        outs.append(torch.matmul(weights, value_states[:, :, :hi]))
         if q_len <= QUERY_BLOCK:
             all_weights.append(weights)
     out = torch.cat(outs, dim=2).transpose(1, 2).contiguous()  # [b, q, h, d]

@@ -112,6 +112,38 @@ def test_query_blocks_give_the_same_attention(monkeypatch):
     assert torch.allclose(dpe_attention(module, q, k, v, pad, 0.5)[0], ref, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("window", [3, 6, 40])
+def test_causal_attention_skips_future_keys_and_splits_near_far_by_band(monkeypatch, window):
+    """A causal module computes only the keys a block can see and, with plain positions, takes
+    the near/far band in index space; the result equals the dense reference, also when decoding."""
+    import rope.dpe as dpe
+
+    torch.manual_seed(2)
+    n, d = 24, 8
+    inv = 1.0 / (10_000.0 ** (torch.arange(0, d, 2).double() / d))
+    scales = torch.tensor([1.0, 3.0, 2.0, 4.0])
+    q0, k0, v = (torch.randn(1, 1, n, d, dtype=torch.float64) for _ in range(3))
+    pos = torch.arange(n).double()
+    plain = pos[:, None].expand(n, d // 2)
+    qf = torch.stack([pos // s + window - window // s for s in scales], -1)
+    kf = torch.stack([pos // s for s in scales], -1)
+    near = _rope(q0, plain, inv) @ _rope(k0, plain, inv).transpose(2, 3)
+    far = _rope(q0, qf, inv) @ _rope(k0, kf, inv).transpose(2, 3)
+    causal = torch.full((n, n), float("-inf"), dtype=torch.float64).triu(1)[None, None]
+    want = torch.softmax(torch.where((pos[:, None] - pos[None, :]) < window, near, far) + causal, -1) @ v
+    module = types.SimpleNamespace(
+        _longctx_dpe=DPEPlan(inv, scales, window), num_key_value_groups=1, training=False, is_causal=True
+    )
+    q, k = _rope(q0, plain, inv), _rope(k0, plain, inv)
+    monkeypatch.setattr(dpe, "QUERY_BLOCK", 5)
+    out, _ = dpe_attention(module, q, k, v, causal, 1.0)
+    assert torch.allclose(out.transpose(1, 2), want, atol=1e-6)
+    last = 4  # decoding the last rows against the whole cache: keys outnumber queries
+    out, _ = dpe_attention(module, q[:, :, -last:], k, v, causal[..., -last:, :], 1.0,
+                           position_ids=torch.arange(n - last, n)[None])  # fmt: skip
+    assert torch.allclose(out.transpose(1, 2), want[:, :, -last:], atol=1e-6)
+
+
 def test_key_dims_keep_unselected_pairs_and_selection_by_norms():
     model = tiny_model(tiny_config("llama", max_position_embeddings=L))
     batches = [torch.randint(3, 128, (1, L), generator=torch.Generator().manual_seed(1))]
