@@ -85,6 +85,8 @@ def test_dpe_stage_detects_group_scales_and_evaluates(tmp_path, tiny_corpus):
     for group, scale in enumerate(params.group_scales):  # the chosen scale is the sweep's best
         sweep = {float(k): v for k, v in result["sweeps"][group].items()}
         assert sweep[scale] == min(sweep.values())
+    # every scored setting is logged for a resume; 2 × 5 less the one both groups share (all 16)
+    assert len((out / "dpe" / "sweeps.jsonl").read_text().splitlines()) == 9
     runs = json.loads((out / "eval" / "results.json").read_text())["runs"]
     ppl = {r["name"]: r["tasks"]["ppl"]["by_length"]["512"]["ppl"] for r in runs}
     assert ppl["dpe"] != ppl["yarn"]

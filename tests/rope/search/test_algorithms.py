@@ -141,9 +141,8 @@ def test_max_evaluations_stops_the_search():
     assert result.evaluations == len(rec.seen) == 30
 
 
-def test_dpe_detection_picks_each_groups_best_scale():
+def _dpe_problem():
     from rope import RopeSpec
-    from rope.search.dpe import detect_group_scales
 
     best = [1, 2, 4, 8, 8, 4, 2, 1]
     t = RopeSpec("dpe", base=1e4, head_dim=32, original_length=128, target_length=1024,
@@ -155,7 +154,44 @@ def test_dpe_detection_picks_each_groups_best_scale():
             for s in specs
         ]
 
+    return t, score, best
+
+
+def test_dpe_detection_picks_each_groups_best_scale():
+    from rope.search.dpe import detect_group_scales
+
+    t, score, best = _dpe_problem()
     result = detect_group_scales(t, score)
     assert list(result.spec.params["group_scales"]) == best
     assert list(result.sweeps[0]) == [1, 2, 4, 8, 16]  # powers of two up to L'/W
     assert result.spec.params["key_dims"] == [3, 9]
+
+
+def test_dpe_sweep_is_logged_and_an_interrupted_sweep_resumes(tmp_path):
+    from rope.search.dpe import SWEEP_LOG, detect_group_scales
+
+    t, score, _ = _dpe_problem()
+    want = detect_group_scales(t, score)
+    calls = []
+
+    def counted(specs):
+        calls.extend(specs)
+        return score(specs)
+
+    first = detect_group_scales(t, counted, out_dir=tmp_path)
+    log = tmp_path / SWEEP_LOG
+    # 8 groups × 5 scales, less 7 repeats: a group swept to the others' scale (16) is one spec
+    assert len(calls) == 33 and len(log.read_text().splitlines()) == 33
+    assert first.spec == want.spec and first.sweeps == want.sweeps
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:13]) + lines[13][:25])  # killed while writing the 14th score
+    calls.clear()
+    resumed = detect_group_scales(t, counted, out_dir=tmp_path)
+    assert len(calls) == 20 and resumed.spec == want.spec and resumed.sweeps == want.sweeps
+    calls.clear()
+    assert detect_group_scales(t, counted, out_dir=tmp_path).spec == want.spec and not calls  # all logged
+    assert len(log.read_text().splitlines()) == 33  # the torn line was dropped, not appended to
+    other = t.replace(params={**t.params, "key_dims": [4, 9]})  # another key set: nothing reused
+    detect_group_scales(other, counted, out_dir=tmp_path, write=False)
+    assert len(calls) == 33
+    assert len(log.read_text().splitlines()) == 33  # write=False (not the main process) appends nothing
