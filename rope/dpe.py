@@ -132,8 +132,8 @@ QUERY_BLOCK = 1024
 """Queries per block: the score tensors are [b, heads, block, keys] instead of [b, heads, n, n]
 (at 16k tokens and 9 heads, 0.6 GB per tensor instead of 10 GB). Same math row by row. In a causal
 module a block scores only the keys up to its last row, and with unpacked positions each key range
-that is all-near or all-far is computed once: 2.8× / 4.0× faster than both parts over every key at
-4k / 8k tokens (benchmarks/dpe_attention.py)."""
+that is all-near or all-far is computed once: 3.5–4.5× faster than both parts over every key at
+2k–16k tokens with W = 4096 (benchmarks/dpe_attention.py, docs/BENCHMARKS.md)."""
 
 
 def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
