@@ -132,6 +132,15 @@ def load_runs(*stage_dirs: Path) -> dict[str, dict]:
     return runs
 
 
+def stage_minutes(stage_dir: Path) -> float | None:
+    """Wall minutes of a finished stage (its result.json), None when it has not run."""
+    path = stage_dir / "result.json"
+    if not (path.exists() and (stage_dir / "COMPLETE").exists()):
+        return None
+    seconds = json.loads(path.read_text()).get("wall_seconds")
+    return None if seconds is None else seconds / 60
+
+
 def ppl(tasks: dict, length: int) -> float | None:
     cell = tasks.get("ppl", {}).get("by_length", {}).get(str(length))
     return cell["ppl"] if cell else None
@@ -424,6 +433,14 @@ def build_report() -> str:
         rows,
     )  # fmt: skip
     body.append("")
+    smol_stages = ("eval_original", "eval_pi", "eval_yarn", "search", "eval_longrope2", "dpe", "eval_dpe")
+    body += [
+        "Wall time per stage of this run (2 CPU cores, often shared with other jobs; from each "
+        "stage's result.json): "
+        + ", ".join(f"{st} {fmt(stage_minutes(smol_dir / st), 1)} min" for st in smol_stages)
+        + ".",
+        "",
+    ]
     s16 = {n: ppl(smol.get(n, {}), SMOL_LENGTH) for n in ("PI", "YaRN", "LongRoPE2 (searched)")}
     base16 = min((v for k, v in s16.items() if k != "LongRoPE2 (searched)" and v is not None), default=None)
     claims.append((
@@ -442,7 +459,8 @@ def build_report() -> str:
         "DPE on SmolLM2: training-free DPE retrieves better than YaRN at 2×",
         None if sy is None or sd is None else sd > sy,
         f"passkey digit accuracy @16k (1 sample): DPE {fmt(sd, 1)} % vs YaRN {fmt(sy, 1)} %; "
-        f"ppl@16k DPE {fmt(ppl(smol.get('DPE', {}), SMOL_LENGTH))}",
+        f"ppl@16k DPE {fmt(ppl(smol.get('DPE', {}), SMOL_LENGTH))} vs YaRN {fmt(s16['YaRN'])} "
+        f"and LongRoPE2 {fmt(s16['LongRoPE2 (searched)'])}",
     ))  # fmt: skip
 
     head = [
