@@ -249,7 +249,7 @@ def _dpe(stage, ctx: RunContext) -> dict:
     scorer = build_scorer(model, samples, stage.objective, factor_set="long")
     result = detect_group_scales(
         template, scorer, groups=cfg["groups"], scales=cfg["scales"], out_dir=ctx.stage_dir(stage.name),
-        write=ctx.accelerator.is_main_process, progress=ctx.accelerator.is_main_process,
+        progress=True,
     )  # fmt: skip
     if ctx.accelerator.is_main_process:
         result.spec.to_json(ctx.stage_dir(stage.name) / "spec.json")

@@ -9,7 +9,9 @@ costs one evaluation: groups × sweep length in all (8 × 8 = 64 at 128k with W 
 
 With ``out_dir`` every score is appended to ``sweeps.jsonl`` as soon as it is known (one
 full-length forward each: minutes on CPU), and a rerun answers the settings already logged
-from it, so an interrupted sweep loses at most the setting it was scoring.
+from it, so an interrupted sweep loses at most the settings it was scoring. A setting two
+groups share (each at the held scale) is scored once. Under ``accelerate launch`` the
+settings are split across the processes, as the factor searches split their candidates.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rope.search.evaluator import Distributed
 from rope.search.space import SearchConfigError, check_int
 from rope.spec import RopeSpec
 
@@ -49,14 +52,15 @@ def detect_group_scales(
     scales: Sequence[float] | None = None,
     others: float | None = None,
     out_dir: str | os.PathLike | None = None,
-    write: bool = True,
     progress: bool = False,
+    dist: Distributed | None = None,
 ) -> DPEResult:
     """Best scale per pair group, one group at a time (others at ``2·L'/L`` by default).
 
     ``template``: a ``dpe`` spec (its ``key_dims`` and ``local_window`` are kept).
-    ``out_dir``: the sweep log (read on start, appended to when ``write``, i.e. on the main
-    process); ``progress``: a tqdm bar over the settings.
+    ``out_dir``: the sweep log (read on start, appended to by the main process); ``progress``:
+    a tqdm bar over the settings. Under ``accelerate launch`` with N processes a group's
+    unlogged settings are scored N at a time, one per rank, and every rank gets every score.
     """
     if template.method != "dpe":
         raise SearchConfigError(f"template.method: expected 'dpe', got {template.method!r}")
@@ -68,21 +72,25 @@ def detect_group_scales(
     if not scales or any(s < 1 for s in scales):
         raise SearchConfigError(f"scales: expected a non-empty list of values >= 1, got {scales!r}")
     hold = others if others is not None else 2 * template.scale
-    log = SweepLog(Path(out_dir) / SWEEP_LOG if out_dir is not None else None, write)
+    dist = dist or Distributed()
+    log = SweepLog(Path(out_dir) / SWEEP_LOG if out_dir is not None else None, dist.is_main)
     from tqdm.auto import tqdm
 
     chosen, sweeps = [hold] * groups, []
-    with tqdm(total=groups * len(scales), desc="dpe sweep", unit="eval", disable=not progress) as bar:
+    bar = tqdm(
+        total=groups * len(scales), desc="dpe sweep", unit="eval", disable=not (progress and dist.is_main)
+    )
+    with bar:
         for g in range(groups):
-            values = []
-            for s in scales:
-                cand = _with_scale(template, [hold] * groups, g, s)
-                value = log.get(cand)
-                if value is None:
-                    value = float(score([cand])[0])
-                    log.add(cand, value)
-                values.append(value)
-                bar.update(1)
+            cands = [_with_scale(template, [hold] * groups, g, s) for s in scales]
+            todo = [c for c in cands if log.get(c) is None]
+            bar.update(len(cands) - len(todo))
+            for start in range(0, len(todo), dist.num_processes):  # one setting per rank at a time
+                part = todo[start : start + dist.num_processes]
+                for cand, value in zip(part, dist.map(score, part)):
+                    log.add(cand, float(value))
+                bar.update(len(part))
+            values = [log.get(c) for c in cands]
             sweeps.append(dict(zip(scales, values)))
             chosen[g] = scales[min(range(len(scales)), key=values.__getitem__)]
     params = {**template.params, "group_scales": chosen}
@@ -97,6 +105,7 @@ class SweepLog:
     ignored, and lines for other specs (another target, window or key set) are never matched."""
 
     def __init__(self, path: Path | None, write: bool) -> None:
+        """``write``: append new scores to ``path`` (the main process only)."""
         self.path, self.write, self.scores = path, write, {}
         if path is None or not path.exists():
             return

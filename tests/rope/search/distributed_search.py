@@ -1,4 +1,4 @@
-"""Run by test_distributed under ``accelerate launch`` (and in-process): a tiny-model search.
+"""Run by test_distributed under ``accelerate launch`` (and in-process): tiny-model searches and a DPE sweep.
 
 Usage: ``python distributed_search.py OUT.json`` — rank 0 writes the results.
 """
@@ -14,6 +14,7 @@ import torch
 from eval.scorer import build_scorer
 from rope import RopeSpec
 from rope.search import DCISConfig, EvolutionConfig, run_search
+from rope.search.dpe import detect_group_scales
 from tests.tiny import tiny_config, tiny_model
 
 L = 32
@@ -31,12 +32,22 @@ def search_all() -> dict:
     template = RopeSpec(
         "longrope", base=10_000.0, head_dim=16, original_length=L, target_length=4 * L, long_factor=[1.0] * 8
     )
-    out, forwards = {}, 0
+    out, forwards = {}, {}
     for alg, cfg in CONFIGS.items():
         scorer = build_scorer(model, rows)
         result = run_search(alg, template, scorer, cfg, seed=0, progress=False)
         out[alg] = {"scores": result.scores, "spec": result.spec.to_dict()}
-        forwards += scorer.forwards
+        forwards[alg] = scorer.forwards
+    # DPE's sweep: 2 groups × scales 1…16, 9 distinct settings (both groups at the held 8 once)
+    dpe = RopeSpec("dpe", base=10_000.0, head_dim=16, original_length=L, target_length=4 * L,
+                   params={"group_scales": [1.0, 1.0], "key_dims": [1, 2, 5, 6], "local_window": 8})  # fmt: skip
+    scorer = build_scorer(model, rows)
+    result = detect_group_scales(dpe, scorer, groups=2)
+    out["dpe"] = {
+        "sweeps": [{str(k): v for k, v in s.items()} for s in result.sweeps],
+        "spec": result.spec.to_dict(),
+    }
+    forwards["dpe"] = scorer.forwards
     return out, forwards
 
 
@@ -47,3 +58,6 @@ if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) == 0:
         with open(sys.argv[1], "w") as fh:
             json.dump(results, fh)
+    if torch.distributed.is_initialized():  # as train/run.py: no rank tears gloo down under another
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
