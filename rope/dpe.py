@@ -135,6 +135,16 @@ module a block scores only the keys up to its last row, and with unpacked positi
 that is all-near or all-far is computed once: 3.5–4.5× faster than both parts over every key at
 2k–16k tokens with W = 4096 (benchmarks/dpe_attention.py, docs/BENCHMARKS.md)."""
 
+SCORE_ELEMENTS = 1 << 28
+"""Most entries per score tensor [b, heads, block, keys]: past ``QUERY_BLOCK · b · heads · keys``
+of this, blocks shrink (down to 16 rows), so one block's float32 softmax stays ≤ 1 GiB at any
+length (an 8B model with 32 heads takes 64-row blocks at 128k instead of 16 GiB per tensor)."""
+
+
+def query_block(batch: int, heads: int, keys: int) -> int:
+    """Rows per query block for this many key columns (``QUERY_BLOCK`` at most, 16 at least)."""
+    return max(16, min(QUERY_BLOCK, SCORE_ELEMENTS // max(1, batch * heads * keys)))
+
 
 def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Eager attention with DPE's two-part positions (see module docstring), in query blocks."""
@@ -163,8 +173,9 @@ def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.
         (q_pos == torch.arange(offset, k_len, device=query.device)).all()
     )
     outs, all_weights = [], []
-    for start in range(0, q_len, QUERY_BLOCK):
-        end = min(start + QUERY_BLOCK, q_len)
+    block = query_block(b, query.shape[1], k_len)
+    for start in range(0, q_len, block):
+        end = min(start + block, q_len)
         rows = slice(start, end)
         hi = end + offset if causal else k_len  # later keys are masked for every row of the block
         if plain:  # keys before near_lo are far for every row, keys from far_hi on are near
@@ -191,7 +202,7 @@ def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.
         weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
         weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
         outs.append(torch.matmul(weights, value_states[:, :, :hi]))
-        if q_len <= QUERY_BLOCK:
+        if q_len <= block:
             all_weights.append(weights)
     out = torch.cat(outs, dim=2).transpose(1, 2).contiguous()  # [b, q, h, d]
     return out, (all_weights[0] if all_weights else None)

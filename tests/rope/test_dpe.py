@@ -112,6 +112,34 @@ def test_query_blocks_give_the_same_attention(monkeypatch):
     assert torch.allclose(dpe_attention(module, q, k, v, pad, 0.5)[0], ref, atol=1e-12, rtol=0)
 
 
+def test_query_blocks_shrink_to_bound_the_score_tensor(monkeypatch):
+    """Past the element budget a block has fewer rows (never under 16); the result is unchanged."""
+    import rope.dpe as dpe
+
+    assert dpe.query_block(1, 9, 16384) == 1024  # SmolLM2 at 16k: 151 M entries, within budget
+    assert dpe.query_block(1, 32, 131072) == 64  # an 8B model at 128k: 268 M entries per block
+    assert dpe.query_block(1, 32, 1 << 24) == 16
+    torch.manual_seed(3)
+    n, d = 40, 8
+    inv = 1.0 / (10_000.0 ** (torch.arange(0, d, 2).double() / d))
+    module = types.SimpleNamespace(
+        _longctx_dpe=DPEPlan(inv, torch.tensor([1.0, 2.0, 4.0, 3.0]), 6),
+        num_key_value_groups=1,
+        training=False,
+        is_causal=True,
+    )
+    q, k, v = (torch.randn(1, 2, n, d, dtype=torch.float64) for _ in range(3))
+    causal = torch.full((n, n), float("-inf"), dtype=torch.float64).triu(1)[None, None]
+    whole, _ = dpe_attention(module, q, k, v, causal, 0.5)
+    monkeypatch.setattr(dpe, "SCORE_ELEMENTS", 2 * n * 17)  # room for 17 rows per block
+    assert dpe.query_block(1, 2, n) == 17
+    monkeypatch.setattr(dpe, "SCORE_ELEMENTS", 2 * n * 3)  # room for 3: clamped to 16 (16, 16, 8)
+    assert dpe.query_block(1, 2, n) == 16
+    blocked, weights = dpe_attention(module, q, k, v, causal, 0.5)
+    assert weights is None  # more than one block
+    assert torch.allclose(blocked, whole, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("window", [3, 6, 40])
 def test_causal_attention_skips_future_keys_and_splits_near_far_by_band(monkeypatch, window):
     """A causal module computes only the keys a block can see and, with plain positions, takes
