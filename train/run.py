@@ -102,15 +102,21 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _check_same_config(stage, stage_dir: Path, recipe_file: Path) -> None:
-    """A completed stage is reused only if it ran with the same settings."""
+RESUMED_SCORES = ("search", "readjust")
+"""Stage kinds whose unfinished work on disk is scores (evaluations.jsonl / state.json, DPE's
+sweeps.jsonl): a rerun answers candidates from them, so it must score the same way."""
+
+
+def _check_same_config(stage, stage_dir: Path, recipe_file: Path, *, complete: bool = True) -> None:
+    """A completed stage is reused, and an interrupted search resumed, only with the same settings."""
     saved = json.loads((stage_dir / "config.json").read_text())
     current = stage.model_dump(mode="json")
     if saved != current:
         keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        how = "completed" if complete else "started (its scores would be reused)"
         raise RecipeError(
             [
-                f"{recipe_file}: stages.{stage.name}: completed in {stage_dir} with other settings "
+                f"{recipe_file}: stages.{stage.name}: {how} in {stage_dir} with other settings "
                 f"({', '.join(keys)} differ); use another output_dir or delete {stage_dir}"
             ]
         )
@@ -137,6 +143,8 @@ def run(recipe: Recipe, recipe_file: Path) -> dict:
             ctx.log(f"[{stage.name}] complete, skipped")
             results[stage.name] = json.loads((stage_dir / "result.json").read_text())
             continue
+        if stage.kind in RESUMED_SCORES and (stage_dir / "config.json").exists():
+            _check_same_config(stage, stage_dir, recipe_file, complete=False)
         ctx.log(f"[{stage.name}] {stage.kind} …")
         if accelerator.is_main_process:
             write_json(stage_dir / "config.json", stage.model_dump(mode="json"))

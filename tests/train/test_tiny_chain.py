@@ -86,7 +86,19 @@ def test_dpe_stage_detects_group_scales_and_evaluates(tmp_path, tiny_corpus):
         sweep = {float(k): v for k, v in result["sweeps"][group].items()}
         assert sweep[scale] == min(sweep.values())
     # every scored setting is logged for a resume; 2 × 5 less the one both groups share (all 16)
-    assert len((out / "dpe" / "sweeps.jsonl").read_text().splitlines()) == 9
+    log = out / "dpe" / "sweeps.jsonl"
+    assert len(log.read_text().splitlines()) == 9
+    # interrupted after its sweep: other scoring settings are refused, the same ones resume
+    (out / "dpe" / "COMPLETE").unlink()
+    changed = run_cli(recipe, "stages.dpe.num_samples=2", check=False)
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "stages.dpe: started (its scores would be reused)" in changed.stderr
+    assert "(num_samples differ)" in changed.stderr
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:4]))  # 5 settings left to score
+    run_cli(recipe)
+    again = json.loads((out / "dpe" / "result.json").read_text())
+    assert again["sweeps"] == result["sweeps"] and again["spec"] == result["spec"]
+    assert len(log.read_text().splitlines()) == 9
     runs = json.loads((out / "eval" / "results.json").read_text())["runs"]
     ppl = {r["name"]: r["tasks"]["ppl"]["by_length"]["512"]["ppl"] for r in runs}
     assert ppl["dpe"] != ppl["yarn"]
