@@ -193,3 +193,26 @@ def test_dpe_spec_validation_and_export_refusal(tmp_path):
         _dpe((0.5,) * 8)
     with pytest.raises(RopeSpecError, match="key_dims"):
         _dpe(key_dims=(9,))
+
+
+def test_cached_decoding_logits_equal_the_full_forward():
+    """Decoding with the KV cache (one query against all cached keys, its position from
+    position_ids) gives the logits the full forward gives at that position: the passkey path."""
+    from transformers import DynamicCache
+
+    model = tiny_model(tiny_config("llama", max_position_embeddings=L)).eval()
+    apply_rope(model, _dpe(scales=(1, 2, 3, 4, 2, 2, 3, 3), window=8))
+    ids = torch.randint(3, 128, (1, 98), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        cache = DynamicCache(config=model.config)
+        steps = [model(input_ids=ids[:, :90], past_key_values=cache, use_cache=True).logits[:, -1]]
+        for t in range(90, 98):
+            out = model(
+                input_ids=ids[:, t : t + 1],
+                past_key_values=cache,
+                use_cache=True,
+                position_ids=torch.tensor([[t]]),
+            )
+            steps.append(out.logits[:, -1])
+    assert torch.allclose(torch.stack(steps, 1), full[:, 89:], atol=1e-5, rtol=0)
