@@ -124,3 +124,54 @@ def test_efficiency_claim_bounds_evolution_that_never_reached(repro, tmp_path):
     assert "| dcis | 237 | 160 | 36.90 | < 0.400 |" in lines
     assert "| evolution | 400 | not reached in 400 | 37.40 | – |" in lines
     assert any("16×: model outputs/tiny/base/model" in x for x in lines)  # no machine paths
+
+
+def test_smollm2_32k_overrides_validate_and_the_report_judges_each_claim(repro, tmp_path, monkeypatch):
+    from train.load import load_recipe
+
+    recipe = load_recipe(
+        ROOT / "recipes" / "smollm2_135m_32k.yaml", repro.smollm2_32k_overrides(), check_files=False
+    )
+    assert recipe.output_dir.endswith("repro/smollm2_32k")
+    evals = [s for s in recipe.stages if s.kind == "eval"]
+    assert {s.name for s in evals} == set(repro.SMOL_EVALS)  # a new eval stage would keep 3 lengths
+    assert all(s.lengths == [32768] and s.samples == 1 for s in evals)
+    assert next(s for s in evals if s.name == "eval_original").tasks == ["ppl"]
+    search = next(s for s in recipe.stages if s.name == "search")
+    assert (search.target_length, search.max_evaluations) == (32768, 4)
+
+    d = tmp_path / "smollm2_32k"
+    for stage, name, value, output in (
+        ("eval_pi", "PI", 30.0, "00000"),
+        ("eval_yarn", "YaRN", 12.0, "12300"),
+        ("eval_longrope2", "LongRoPE2 (searched)", 11.0, "12345"),
+    ):
+        _eval_stage(
+            d / stage,
+            [{"name": name, "tasks": {**_ppl({32768: value}), **_passkey(32768, [("12345", output)])}}],
+        )
+    (d / "search").mkdir()
+    spec = {"long_factor": [1.0, 2.5, 6.25], "params": {}}
+    (d / "search" / "result.json").write_text(
+        json.dumps({"score": 3.21, "evaluations": 4, "spec": spec, "wall_seconds": 600})
+    )
+    (d / "search" / "COMPLETE").write_text("")
+    lines = repro.build_32k_report().splitlines()
+    claim = next(x for x in lines if x.startswith("| LongRoPE2 on SmolLM2: searched factors beat"))
+    assert "**holds**" in claim and "LongRoPE2 11.00, PI 30.00, YaRN 12.00" in claim
+    claim = next(x for x in lines if x.startswith("| LongRoPE2 on SmolLM2: needle-driven"))
+    assert "**holds**" in claim and "LongRoPE2 100.0 % vs YaRN 60.0 %, PI 0.0 %" in claim
+    assert "| pending |" in next(x for x in lines if x.startswith("| DPE on SmolLM2"))  # not run
+    assert "| YaRN | 12.00 | 0 | 60.0 |" in lines
+    assert "| DPE | pending | pending | pending |" in lines
+    assert any(
+        "best needle perplexity 3.210 after 4 candidates; rescale factors 1.00–6.25" in x for x in lines
+    )
+    assert any("search 10.0 min" in x for x in lines)
+
+    # the 32k part writes its own document only: the main one is left as it is
+    monkeypatch.setattr(repro, "DOC", tmp_path / "main.md")
+    monkeypatch.setattr(repro, "DOC_32K", tmp_path / "32k.md")
+    assert repro.main(["--only", "smollm2_32k", "--report-only"]) == 0
+    assert (tmp_path / "32k.md").read_text().startswith("# Reproduction at 4×")
+    assert not (tmp_path / "main.md").exists()
