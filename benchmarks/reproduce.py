@@ -85,12 +85,14 @@ def smollm2_overrides(length: int = SMOL_LENGTH) -> list[str]:
 
 def smollm2_32k_overrides() -> list[str]:
     """The 32k recipe at its own target (4× L) in outputs/repro/smollm2_32k: 32k only (table 4
-    has 8k and 16k), one sample, a search budget of :data:`SMOL_32K_BUDGET` candidates, and
-    the unscaled model's perplexity only (its passkey prefill would be another 10 min)."""
+    has 8k and 16k), one sample, a search budget of :data:`SMOL_32K_BUDGET` candidates scored
+    on one needle depth (each depth is a 32k forward, ~9 min on 2 cores), and the unscaled
+    model's perplexity only (its passkey prefill would be another 9 min)."""
     return [
         "output_dir=outputs/repro/smollm2_32k",
         "stages.eval_original.tasks=[ppl]",
         f"stages.search.max_evaluations={SMOL_32K_BUDGET}",
+        "stages.search.needle_depths=[0.5]",
     ] + [o for s in SMOL_EVALS for o in (f"stages.{s}.lengths=[{SMOL_32K}]", f"stages.{s}.samples=1")]
 
 
@@ -443,6 +445,9 @@ def build_report() -> str:
         "    python benchmarks/reproduce.py --only smollm2",
         "    python train/run.py recipes/smollm2_135m_32k.yaml " + " ".join(smollm2_overrides()),
         "",
+        "The same recipe at its own target, 32k = 4× L: [REPRODUCTION_32K.md](REPRODUCTION_32K.md) "
+        "(`--only smollm2_32k`).",
+        "",
     ]
     rows = []
     for n in SMOL_METHODS:
@@ -565,7 +570,8 @@ def build_32k_report() -> str:
         "gguf`; the Q4_1 GGUF dequantised to float32, SDPA); CPU, seed 0. The same model at 8k "
         "and 16k is table 4 of [REPRODUCTION.md](REPRODUCTION.md). Perplexity on Genesis "
         "truncated to 32,768 tokens (1 document); passkey at depth 0.5, 1 sample, seed 0; the "
-        "unscaled model's perplexity only. LongRoPE2: needle-driven search on 1 sample at 32k "
+        "unscaled model's perplexity only. LongRoPE2: needle-driven search on 1 sample at 32k, "
+        "needle at depth 0.5 only (the recipe has 3 depths, each a 32k forward), "
         f"with a budget of {SMOL_32K_BUDGET} candidates, which the recipe's population of 6 "
         f"spends on {SMOL_32K_BUDGET} of its initial seeds: the best of them, no evolution step. "
         "DPE: key dimensions from one 8k forward, 2 pair groups swept over scales 1, 2, 4, 8 (window 4096) on 1 "

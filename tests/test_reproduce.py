@@ -138,7 +138,7 @@ def test_smollm2_32k_overrides_validate_and_the_report_judges_each_claim(repro, 
     assert all(s.lengths == [32768] and s.samples == 1 for s in evals)
     assert next(s for s in evals if s.name == "eval_original").tasks == ["ppl"]
     search = next(s for s in recipe.stages if s.name == "search")
-    assert (search.target_length, search.max_evaluations) == (32768, 4)
+    assert (search.target_length, search.max_evaluations, search.needle_depths) == (32768, 4, [0.5])
 
     d = tmp_path / "smollm2_32k"
     for stage, name, value, output in (
