@@ -9,12 +9,15 @@ Every candidate costs forward passes at the target length, so nothing reaches th
 - under ``accelerate launch`` with N processes the new candidates are split across ranks
   (``PartialState.split_between_processes``) and the scores gathered (``gather_object``),
   so every rank holds the same cache and takes the same search path as one process;
-- each new evaluation is appended to ``evaluations.jsonl`` (main process only).
+- new candidates are scored in rounds of one per rank, and each score is appended to
+  ``evaluations.jsonl`` (main process only, fsynced) as its round ends, not when the whole
+  generation is done: at 32k one candidate is minutes of forwards.
 
 The evaluation count (the benchmark's cost unit) is the number of distinct candidates
 scored. A resumed search replays the algorithm against the cache restored from
-``state.json``: every candidate evaluated before the interruption is a cache hit, so the
-rerun reaches exactly the state of an uninterrupted run (same seed → same path).
+``state.json`` and from the evaluations logged after it (a generation cut off part-way):
+every candidate evaluated before the interruption is a cache hit, so the rerun reaches
+exactly the state of an uninterrupted run (same seed → same path).
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.state is None or self.state.is_main_process
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
 
     def map(self, fn: Callable[[list], list], items: list) -> list:
         """``fn`` over ``items`` split across ranks; every rank gets the full, ordered result."""
@@ -106,13 +113,31 @@ class Evaluator(HistoryStats):
         self._bar = _progress_bar(progress and self.dist.is_main, max_evaluations)
 
     # ----- restore (resume) ---------------------------------------------------------------
-    def restore(self, history: Sequence[tuple[Candidate, float]]) -> None:
-        """Preload evaluations from a saved state and cut the JSONL log back to them."""
+    def restore(self, history: Sequence[tuple[Candidate, float]], *, logged: bool = True) -> None:
+        """Preload evaluations from a saved state, then (``logged``) those the JSONL log holds
+        beyond it, in order, up to a line torn by the interruption; the log is rewritten
+        (atomically) to exactly what was restored. ``logged=False``: the log is cut back to
+        ``history`` (its other lines belong to no state this search can vouch for)."""
         for cand, value in history:
             self._record(cand, value, log=False)
-        if self.log_path is not None and self.dist.is_main and self.log_path.exists():
-            lines = self.log_path.read_text().splitlines(keepends=True)[: len(history)]
-            self.log_path.write_text("".join(lines))
+        if self.log_path is None or not self.log_path.exists():
+            return
+        lines = self.log_path.read_text().splitlines()
+        kept = lines[: len(history)]
+        for line in lines[len(history) :] if logged else []:
+            try:
+                entry = json.loads(line)
+                cand, value = Candidate.from_json(entry), float(entry["score"])
+            except (ValueError, KeyError, TypeError):
+                break  # torn by the kill: it and anything after are dropped
+            if entry.get("eval") != self.evaluations + 1 or cand.key in self.cache:
+                break
+            self._record(cand, value, log=False)
+            kept.append(line)
+        if self.dist.is_main:
+            tmp = self.log_path.with_name(f".{self.log_path.name}.tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, self.log_path)
 
     # ----- evaluation ---------------------------------------------------------------------
     def seen(self, cand: Candidate) -> bool:
@@ -133,10 +158,11 @@ class Evaluator(HistoryStats):
         room = len(todo) if self.max_evaluations is None else self.max_evaluations - self.evaluations
         if todo and room <= 0:
             raise BudgetExhausted
-        if todo:
-            specs = [spec for _, spec in todo[:room]]
-            scores = self.dist.map(lambda part: self._score(part, cut), specs)
-            for (cand, _), value in zip(todo, scores):
+        batch, step = todo[:room], self.dist.num_processes
+        for start in range(0, len(batch), step):  # one per rank per round, logged as it ends
+            chunk = batch[start : start + step]
+            scores = self.dist.map(lambda part: self._score(part, cut), [spec for _, spec in chunk])
+            for (cand, _), value in zip(chunk, scores):
                 self._record(cand, float(value), log=True)
         if len(todo) > room:
             raise BudgetExhausted
@@ -165,6 +191,8 @@ class Evaluator(HistoryStats):
             entry = {"eval": self.evaluations, "score": value, "best": best, **cand.to_json()}
             with self.log_path.open("a") as fh:
                 fh.write(json.dumps(entry) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(best=f"{best:.4g}")

@@ -173,12 +173,15 @@ def run_search(
         dist=dist,
     )
     saved = SearchState.load(out_dir) if out_dir is not None else None
+    dist.barrier()  # every rank has read the state before the main process writes one
     if saved is not None:
         saved.check_matches(algorithm, seed, config_json, str(out_dir))
-        evaluator.restore(saved.history)
+    evaluator.restore(saved.history if saved else [], logged=saved is not None)
     state = SearchState(algorithm, seed, config_json)
     if out_dir is not None and dist.is_main:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if saved is None:  # algorithm, seed and config on disk before the first score
+            dataclasses.replace(state, generation=-1).save(out_dir)
 
     def checkpoint(generation: int, population: list[tuple[Candidate, float]]) -> None:
         state.generation, state.population = generation, list(population)

@@ -50,7 +50,8 @@ class SearchState(HistoryStats):
     seed: int
     config: dict[str, Any]
     generation: int = 0
-    """Generations / rounds completed."""
+    """The last generation / round completed (0: the initial population; -1: started, the
+    state written before the first score so that a resume can check what it continues)."""
     population: list[tuple[Candidate, float]] = field(default_factory=list)
     history: list[tuple[Candidate, float]] = field(default_factory=list)
     """Every distinct evaluated candidate, in evaluation order (the cache)."""

@@ -33,20 +33,27 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("alg", list(CONFIGS))
-def test_resume_after_a_crash_equals_the_uninterrupted_run(alg, tmp_path):
+@pytest.mark.parametrize("when", ["mid-run", "first generation"])
+def test_resume_after_a_crash_equals_the_uninterrupted_run(alg, when, tmp_path):
     whole = run_search(alg, template(), Recorder(MONOTONE_TARGET), CONFIGS[alg], seed=7, progress=False)
     out = tmp_path / alg
-    crash_at = whole.evaluations // 2 + 1
+    crash_at = whole.evaluations // 2 + 1 if when == "mid-run" else 2  # scores before the crash
     with pytest.raises(SimulatedCrash):
         run_search(
             alg, template(), Recorder(MONOTONE_TARGET, fail_after=crash_at), CONFIGS[alg], seed=7, out_dir=out
         )
     saved = json.loads((out / "state.json").read_text())
-    assert 0 < saved["evaluations"] < crash_at and not saved["done"]
+    assert saved["evaluations"] < crash_at and not saved["done"]  # the state lags the scores...
+    if when == "first generation" and alg != "dcis":  # the population is not scored yet: the state
+        # only names the search (DCIS checkpoints after its first candidate)
+        assert (saved["generation"], saved["evaluations"], saved["seed"]) == (-1, 0, 7)
+    assert len((out / "evaluations.jsonl").read_text().splitlines()) == crash_at  # ...the log does not
+    with (out / "evaluations.jsonl").open("a") as fh:
+        fh.write('{"eval": 99, "sco')  # a line torn by the kill
     rec = Recorder(MONOTONE_TARGET)
     resumed = run_search(alg, template(), rec, CONFIGS[alg], seed=7, out_dir=out, progress=False)
     assert resumed.spec == whole.spec and resumed.scores == whole.scores
-    assert len(rec.seen) == whole.evaluations - saved["evaluations"]  # nothing evaluated twice
+    assert len(rec.seen) == whole.evaluations - crash_at  # nothing logged is evaluated again
     log = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
     assert [e["eval"] for e in log] == list(range(1, whole.evaluations + 1))
     assert [e["score"] for e in log] == whole.scores
