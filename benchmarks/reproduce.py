@@ -245,6 +245,11 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "pending" if x is None else f"{x:.{digits}f}"
 
 
+def minutes(stage_dir: Path) -> str:
+    m = stage_minutes(stage_dir)
+    return "pending" if m is None else f"{m:.1f} min"
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
@@ -466,9 +471,7 @@ def build_report() -> str:
     body.append("")
     body += [
         "Wall time per stage of this run (2 CPU cores, often shared with other jobs; from each "
-        "stage's result.json): "
-        + ", ".join(f"{st} {fmt(stage_minutes(smol_dir / st), 1)} min" for st in SMOL_STAGES)
-        + ".",
+        "stage's result.json): " + ", ".join(f"{st} {minutes(smol_dir / st)}" for st in SMOL_STAGES) + ".",
         "",
     ]
     s16 = {n: ppl(smol.get(n, {}), SMOL_LENGTH) for n in ("PI", "YaRN", "LongRoPE2 (searched)")}
@@ -539,7 +542,8 @@ def build_32k_report() -> str:
             "LongRoPE2 on SmolLM2: needle-driven factors retrieve better than YaRN at 4×",
             None if digits[l2] is None or digits["YaRN"] is None else digits[l2] > digits["YaRN"],
             f"passkey digit accuracy @32k (1 sample): LongRoPE2 {fmt(digits[l2], 1)} % vs YaRN "
-            f"{fmt(digits['YaRN'], 1)} %, PI {fmt(digits['PI'], 1)} %",
+            f"{fmt(digits['YaRN'], 1)} %, PI {fmt(digits['PI'], 1)} %"
+            + (" (a tie)" if digits[l2] is not None and digits[l2] == digits["YaRN"] else ""),
         ),
         (
             "DPE on SmolLM2: training-free DPE retrieves better than YaRN at 4×",
@@ -575,7 +579,7 @@ def build_32k_report() -> str:
         f"with a budget of {SMOL_32K_BUDGET} candidates, which the recipe's population of 6 "
         f"spends on {SMOL_32K_BUDGET} of its initial seeds: the best of them, no evolution step. "
         "DPE: key dimensions from one 8k forward, 2 pair groups swept over scales 1, 2, 4, 8 (window 4096) on 1 "
-        'needle sample. A 32k forward is ~10 min on 2 CPU cores. "pending" = not run (cost), '
+        'needle sample. A 32k forward is ~8.5 min on 2 idle CPU cores. "pending" = not run (cost), '
         "never a guess.",
         "",
         "    python benchmarks/reproduce.py --only smollm2_32k",
@@ -593,9 +597,8 @@ def build_32k_report() -> str:
         "",
         found,
         "",
-        "Wall time per stage (2 CPU cores; from each stage's result.json): "
-        + ", ".join(f"{st} {fmt(stage_minutes(d / st), 1)} min" for st in SMOL_STAGES)
-        + ".",
+        "Wall time per stage (2 CPU cores, at times shared with other jobs; from each stage's "
+        "result.json): " + ", ".join(f"{st} {minutes(d / st)}" for st in SMOL_STAGES) + ".",
     ]
     return "\n".join(lines) + "\n"
 
