@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from rope.errors import RopeSpecError
+from rope.files import write_text_atomic
 from rope.geometry import RopeGeometry, factors_from_inv_freq
 from rope.methods import ROPE_METHODS, RopeMethod
 from rope.params import check_factor_list, check_positive, parse_params
@@ -165,14 +165,7 @@ class RopeSpec:
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> RopeSpec:

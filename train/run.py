@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import yaml
 
+from rope.files import write_text_atomic
 from train.load import RecipeError, load_recipe
 from train.recipe import Recipe, source_stage
 
@@ -43,12 +43,7 @@ DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic JSON write (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def describe_plan(recipe: Recipe) -> list[str]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rope.files import append_line, write_text_atomic
 from rope.search.evaluator import Distributed
 from rope.search.space import SearchConfigError, check_int
 from rope.spec import RopeSpec
@@ -85,9 +86,8 @@ def detect_group_scales(
             cands = [_with_scale(template, [hold] * groups, g, s) for s in scales]
             todo = [c for c in cands if log.get(c) is None]
             bar.update(len(cands) - len(todo))
-            for start in range(0, len(todo), dist.num_processes):  # one setting per rank at a time
-                part = todo[start : start + dist.num_processes]
-                for cand, value in zip(part, dist.map(score, part)):
+            for part, values in dist.rounds(score, todo):  # one setting per rank at a time
+                for cand, value in zip(part, values):
                     log.add(cand, float(value))
                 bar.update(len(part))
             values = [log.get(c) for c in cands]
@@ -112,9 +112,7 @@ class SweepLog:
         text = path.read_text()
         if write and text and not text.endswith("\n"):  # drop the torn line before appending
             text = text[: text.rfind("\n") + 1]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_text_atomic(path, text)
         for line in text.splitlines():
             try:
                 entry = json.loads(line)
@@ -129,11 +127,7 @@ class SweepLog:
         self.scores[_key(spec)] = value
         if self.path is None or not self.write:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"spec": spec.to_dict(), "score": value}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_line(self.path, json.dumps({"spec": spec.to_dict(), "score": value}))
 
 
 def _key(spec: RopeSpec) -> str:

@@ -26,10 +26,11 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rope.errors import RopeSpecError
+from rope.files import append_line, write_text_atomic
 from rope.search.space import Candidate
 from rope.search.state import HistoryStats
 from rope.spec import RopeSpec
@@ -66,6 +67,14 @@ class Distributed:
     def barrier(self) -> None:
         if self.state is not None:
             self.state.wait_for_everyone()
+
+    def rounds(self, fn: Callable[[list], list], items: list) -> Iterator[tuple[list, list]]:
+        """``fn`` over ``items`` one item per rank at a time: yields each round's ``(items,
+        results)`` as it ends, so the caller logs them before the next round is scored."""
+        step = self.num_processes
+        for start in range(0, len(items), step):
+            part = items[start : start + step]
+            yield part, self.map(fn, part)
 
     def map(self, fn: Callable[[list], list], items: list) -> list:
         """``fn`` over ``items`` split across ranks; every rank gets the full, ordered result."""
@@ -135,9 +144,7 @@ class Evaluator(HistoryStats):
             self._record(cand, value, log=False)
             kept.append(line)
         if self.dist.is_main:
-            tmp = self.log_path.with_name(f".{self.log_path.name}.tmp")
-            tmp.write_text("".join(f"{line}\n" for line in kept))
-            os.replace(tmp, self.log_path)
+            write_text_atomic(self.log_path, "".join(f"{line}\n" for line in kept))
 
     # ----- evaluation ---------------------------------------------------------------------
     def seen(self, cand: Candidate) -> bool:
@@ -158,11 +165,12 @@ class Evaluator(HistoryStats):
         room = len(todo) if self.max_evaluations is None else self.max_evaluations - self.evaluations
         if todo and room <= 0:
             raise BudgetExhausted
-        batch, step = todo[:room], self.dist.num_processes
-        for start in range(0, len(batch), step):  # one per rank per round, logged as it ends
-            chunk = batch[start : start + step]
-            scores = self.dist.map(lambda part: self._score(part, cut), [spec for _, spec in chunk])
-            for (cand, _), value in zip(chunk, scores):
+
+        def score(part: list[tuple[Candidate, RopeSpec]]) -> list[float]:
+            return self._score([spec for _, spec in part], cut)
+
+        for part, scores in self.dist.rounds(score, todo[:room]):
+            for (cand, _), value in zip(part, scores):
                 self._record(cand, float(value), log=True)
         if len(todo) > room:
             raise BudgetExhausted
@@ -189,10 +197,7 @@ class Evaluator(HistoryStats):
         best = self.best[1]
         if log and self.log_path is not None and self.dist.is_main:
             entry = {"eval": self.evaluations, "score": value, "best": best, **cand.to_json()}
-            with self.log_path.open("a") as fh:
-                fh.write(json.dumps(entry) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            append_line(self.log_path, json.dumps(entry))
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(best=f"{best:.4g}")

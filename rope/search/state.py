@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rope.files import write_text_atomic
 from rope.search.space import Candidate, SearchConfigError
 
 STATE_FILE = "state.json"
@@ -73,13 +73,7 @@ class SearchState(HistoryStats):
         }
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        path = Path(out_dir) / STATE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_json(), fh)
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(Path(out_dir) / STATE_FILE, json.dumps(self.to_json()))
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> SearchState | None:
