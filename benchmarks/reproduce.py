@@ -22,7 +22,7 @@ recomputes that experiment. The steps:
 5. ``recipes/smollm2_135m_32k.yaml`` at 16k (overrides below): PI, YaRN, LongRoPE2, DPE;
 6. the same recipe at its own target, 32k = 4× L, with a 4-candidate search
    (:func:`smollm2_32k_overrides`), written to ``docs/REPRODUCTION_32K.md`` (part
-   ``smollm2_32k``; each 32k forward is ~10 min on 2 cores).
+   ``smollm2_32k``; each 32k forward is ~8.5 min on 2 cores).
 
 Without fine-tuning the tiny base retrieves no key exactly beyond its own length, so the tables
 also give the DIGIT accuracy: the share of the answer's digits the model puts in the right
@@ -58,7 +58,7 @@ PARTS = ("tiny", "efficiency", "smollm2", "smollm2_32k")
 DOC_32K = ROOT / "docs" / "REPRODUCTION_32K.md"
 SMOL_32K = 32768
 SMOL_32K_BUDGET = 4
-"""LongRoPE2 candidates at 32k: each is a full 32k forward (~10 min on 2 cores)."""
+"""LongRoPE2 candidates at 32k: each is a full 32k forward per needle depth (~8.5 min on 2 cores)."""
 TINY_L = 128
 NO_FT_SCALES = (8, 16, 32)
 """Table 1's extension factors. 8×: ``recipes/repro/no_finetune.yaml`` as committed; 16× and 32×:
