@@ -22,16 +22,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import datasets
 
-from data.corpus import _load_cached
-from data.packing import PackingStats, pack_documents
-from data.sources import load_documents
-from data.tokenize import tokenize_documents
-from data.tokenizer import train_demo_tokenizer
+from longctx.data.corpus import forget_loaded_corpora
+from longctx.data.packing import PackingStats, pack_documents
+from longctx.data.sources import load_documents
+from longctx.data.tokenize import tokenize_documents
+from longctx.data.tokenizer import train_demo_tokenizer
 
 
 def run_once(corpus: str, tokenizer, cache_dir: Path, num_proc: int, row_length: int) -> dict:
     """One pass: load → tokenise (or load the cache) → pack; seconds per phase and token count."""
-    _load_cached.cache_clear()  # both runs read the corpus from its package, as a fresh process does
+    forget_loaded_corpora()  # both runs read the corpus from its package, as a fresh process does
     t0 = time.perf_counter()
     docs = load_documents({"kind": "demo", "name": corpus})
     t1 = time.perf_counter()

@@ -13,18 +13,16 @@ interleaved. The table also prints the largest absolute difference of the output
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import types
 from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from rope.dpe import QUERY_BLOCK, DPEPlan, _rotate, dpe_attention, remapped_positions  # noqa: E402
+from longctx.rope.dpe import QUERY_BLOCK, DPEPlan, _rotate, dpe_attention, remapped_positions  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, THETA = 9, 3, 64, 1e5
 

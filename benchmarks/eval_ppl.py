@@ -22,28 +22,27 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _model(device: str, max_len: int):
-    from tests.tiny import tiny_config, tiny_model
+    from longctx.train.models import init_model, model_config
 
-    cfg = tiny_config(
+    cfg = model_config(
         "llama",
         vocab_size=32_000,
         hidden_size=256,
         num_heads=4,
         num_layers=4,
-        max_position_embeddings=max_len,
+        original_length=max_len,
         attn_implementation="sdpa",
     )
-    return tiny_model(cfg).to(device)
+    return init_model(cfg, 0).eval().to(device)
 
 
 def _score(variant: str, model, ids):
     import torch
 
-    from eval.perplexity import perplexity
+    from longctx.eval.perplexity import perplexity
 
     if variant == "ours":
         return perplexity(model, [ids[0]])

@@ -39,8 +39,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from longctx.rope.files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -126,7 +127,7 @@ def run_recipe(recipe: str, *overrides: str) -> None:
 def prepare() -> None:
     if not (TINY / "base" / "COMPLETE").exists():
         run_recipe("recipes/tiny.yaml")
-    from data.corpus import load_demo_corpus
+    from longctx.data.corpus import load_demo_corpus
 
     books = load_demo_corpus("kjv")
     for name, keep in (
@@ -759,9 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = [(DOC, build_report)] if set(parts) & {"tiny", "efficiency", "smollm2"} else []
     docs += [(DOC_32K, build_32k_report)] if "smollm2_32k" in parts else []
     for path, build in docs:
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(build())
-        tmp.replace(path)
+        write_text_atomic(path, build())
         print(f"wrote {path}")
     return 0
 

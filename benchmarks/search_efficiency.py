@@ -36,13 +36,11 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -62,8 +60,8 @@ WITHIN = 0.01
 
 # ----- model and documents -----------------------------------------------------------------
 def _fallback_tokenizer_and_books(out: Path):
-    from data.corpus import load_demo_corpus
-    from data.tokenizer import train_demo_tokenizer
+    from longctx.data.corpus import load_demo_corpus
+    from longctx.data.tokenizer import train_demo_tokenizer
 
     tok = train_demo_tokenizer(out / "tokenizer", vocab_size=4096)
     return tok, [tok.encode(b, add_special_tokens=False) for b in load_demo_corpus("kjv")]
@@ -120,7 +118,7 @@ def original_length(model) -> int:
 
 def template(model, scale: int):
     """An all-ones ``longrope`` spec with the model's rotary geometry, for L' = scale·L."""
-    from rope import RopeSpec
+    from longctx.rope import RopeSpec
 
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -136,8 +134,8 @@ def template(model, scale: int):
 # ----- measuring ---------------------------------------------------------------------------
 def baselines(model, rows, scale: int) -> dict[str, float]:
     """PI / NTK / YaRN / plain extrapolation perplexity at L' = scale·L, no fine-tuning."""
-    from eval.scorer import build_scorer
-    from rope import RopeSpec
+    from longctx.eval.scorer import build_scorer
+    from longctx.rope import RopeSpec
 
     t = template(model, scale)
     common = dict(base=t.base, head_dim=t.head_dim, partial_rotary_factor=t.partial_rotary_factor,
@@ -149,8 +147,8 @@ def baselines(model, rows, scale: int) -> dict[str, float]:
 
 def run_variant(name: str, model, rows, scale: int, out: Path, max_evals: int | None, seed: int,
                 progress: bool, batch_size: int = 1) -> dict:  # fmt: skip
-    from eval.scorer import build_scorer
-    from rope.search import run_search
+    from longctx.eval.scorer import build_scorer
+    from longctx.rope.search import run_search
 
     alg, cfg = VARIANTS[name]
     run_dir = out / "runs" / f"{scale}x" / name
@@ -214,7 +212,7 @@ def run_benchmark(
     """
     import torch
 
-    from eval.perplexity import perplexity, truncated_rows
+    from longctx.eval.perplexity import perplexity, truncated_rows
 
     unknown = [a for a in algorithms if a not in VARIANTS]
     if unknown:
@@ -222,7 +220,7 @@ def run_benchmark(
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from data.corpus import load_demo_corpus
+    from longctx.data.corpus import load_demo_corpus
 
     if model_dir is not None:
         model, tok = load_model(model_dir, tokenizer_dir)
@@ -327,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = Path(args.out)
     (out / "report.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(bench, indent=1))
-    from rope.search.state import plot_progress
+    from longctx.rope.search.state import plot_progress
 
     for scale, s in bench["scales"].items():
         plot_progress({k: r["scores"] for k, r in s["algorithms"].items()}, out / f"search_efficiency_{scale}x.png",

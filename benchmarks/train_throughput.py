@@ -66,7 +66,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 VOCAB = 8192
 LR, BETAS = 1e-4, (0.9, 0.95)
@@ -74,25 +73,25 @@ DOCS_PER_ROW = {"single": 1, "packed4": 4}
 
 
 def _model(device: str, length: int):
-    from tests.tiny import tiny_config, tiny_model
+    from longctx.train.models import init_model, model_config
 
-    cfg = tiny_config(
+    cfg = model_config(
         "llama",
         vocab_size=VOCAB,
         hidden_size=256,
         num_heads=8,
         num_layers=4,
-        max_position_embeddings=length,
+        original_length=length,
         attn_implementation="sdpa",
     )
-    return tiny_model(cfg, seed=0).to(device)
+    return init_model(cfg, 0).eval().to(device)
 
 
 def _batches(variant: str, length: int, count: int) -> list[dict]:
     """``count`` one-row micro-batches of ``length`` tokens, ``DOCS_PER_ROW[variant]`` documents each."""
     import torch
 
-    from data.packing import collate_rows, pack_documents
+    from longctx.data.packing import collate_rows, pack_documents
 
     per_row = DOCS_PER_ROW[variant]
     g = torch.Generator().manual_seed(0)
@@ -177,11 +176,11 @@ def run_plain(model, probe: Probe, device: str) -> float:
 
 def run_ours(model, probe: Probe, length: int) -> float:
     """The real training loop, unchanged; returns the first loss."""
-    from rope import apply_rope, from_hf_config
-    from train.attention import segment_attention
-    from train.loop import train_loop
-    from train.recipe import PretrainStage
-    from train.run import make_accelerator
+    from longctx.rope import apply_rope, from_hf_config
+    from longctx.train.attention import segment_attention
+    from longctx.train.loop import train_loop
+    from longctx.train.run import make_accelerator
+    from longctx.train.stages.pretrain import Settings as PretrainStage
 
     apply_rope(model, from_hf_config(model.config))
     total = len(probe.batches)
@@ -198,8 +197,8 @@ def run_ours(model, probe: Probe, length: int) -> float:
     )
     with tempfile.TemporaryDirectory() as tmp:
         stage_dir = Path(tmp) / "bench"
-        stage_dir.mkdir()  # train.stages creates it before the loop runs
-        # what train.stages._train does on SDPA: one causal call per document, no mask tensor
+        stage_dir.mkdir()  # the runner creates it before the loop runs
+        # what train.fit does on SDPA: one causal call per document, no mask tensor
         with segment_attention(model):
             result = train_loop(model, probe, cfg, stage_dir, make_accelerator(), varlen=True)
     return result.losses[0]
@@ -258,8 +257,8 @@ def child(loop: str, variant: str, length: int, warmup: int, steps: int, device:
     # both loops' imports belong to the baseline, not to the peak
     import accelerate  # noqa: F401
 
-    import train.loop
-    import train.run  # noqa: F401
+    import longctx.train.loop
+    import longctx.train.run  # noqa: F401
 
     model = _model(device, length)
     probe = Probe(_batches(variant, length, warmup + steps + 1), warmup, steps, device)

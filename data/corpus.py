@@ -24,7 +24,7 @@ import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
-from data.errors import DataError
+from longctx.data.errors import DataError
 
 _VERSE_REF = re.compile(r"(?<!\S)\d+:\d+\s+")
 """Verse references (``1:14 ``) at the start of a passage or inside merged verses."""
@@ -116,6 +116,11 @@ DEMO_CORPORA: dict[str, Callable[[], list[str]]] = {
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str) -> tuple[str, ...]:
     return tuple(DEMO_CORPORA[name]())
+
+
+def forget_loaded_corpora() -> None:
+    """Drop the in-process copies, so the next load reads the packages again (as a fresh process)."""
+    _load_cached.cache_clear()
 
 
 def load_demo_corpus(name: str = "kjv") -> list[str]:

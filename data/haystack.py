@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from data.errors import DataError
-from data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.data.errors import DataError
+from longctx.data.samples import IGNORE_INDEX, SyntheticSample
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 """The filler of the passkey test (Mohtashami & Jaggi; LongRoPE arXiv 2402.13753 §4.2) and of

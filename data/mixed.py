@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from data.errors import DataError
-from data.packing import PackingStats, build_row, collate_rows, plan_rows
+from longctx.data.errors import DataError
+from longctx.data.packing import PackingStats, build_row, collate_rows, plan_rows
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from data.corpus import english_words
-from data.errors import DataError
-from data.haystack import bos_ids, budget, document_body, encode, insert_needles, make_sample
-from data.samples import SyntheticSample
+from longctx.data.corpus import english_words
+from longctx.data.errors import DataError
+from longctx.data.haystack import bos_ids, budget, document_body, encode, insert_needles, make_sample
+from longctx.data.samples import SyntheticSample
 
 INTRO = (
     "Some special magic numbers are hidden within the following text. "

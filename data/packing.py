@@ -29,8 +29,8 @@ from typing import Literal
 
 import torch
 
-from data.errors import DataError
-from data.samples import IGNORE_INDEX
+from longctx.data.errors import DataError
+from longctx.data.samples import IGNORE_INDEX
 
 PAD_DOC_ID = -1
 """``doc_ids`` value of padding tokens: a segment of its own that no real token attends to."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import random
 
-from data.errors import DataError
-from data.haystack import bos_ids, budget, encode, make_sample, noise_filler
-from data.samples import SyntheticSample
+from longctx.data.errors import DataError
+from longctx.data.haystack import bos_ids, budget, encode, make_sample, noise_filler
+from longctx.data.samples import SyntheticSample
 
 TASK_DESCRIPTION = (
     "There is an important info hidden inside a lot of irrelevant text. "

@@ -28,11 +28,11 @@ import random
 import string
 from collections.abc import Callable
 
-from data.corpus import english_words
-from data.errors import DataError
-from data.haystack import bos_ids, budget, encode, haystack, insert_needles, make_sample
-from data.needle import INTRO, draw_keys, draw_values, join_keys, needle_sentence
-from data.samples import SyntheticSample
+from longctx.data.corpus import english_words
+from longctx.data.errors import DataError
+from longctx.data.haystack import bos_ids, budget, encode, haystack, insert_needles, make_sample
+from longctx.data.needle import INTRO, draw_keys, draw_values, join_keys, needle_sentence
+from longctx.data.samples import SyntheticSample
 
 
 def _rng(task: str, seed: int) -> random.Random:

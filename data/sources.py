@@ -25,8 +25,8 @@ from pathlib import Path
 
 import datasets
 
-from data.corpus import load_demo_corpus
-from data.errors import DataError
+from longctx.data.corpus import load_demo_corpus
+from longctx.data.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ the same ``SyntheticSample``), so a search and its evaluation see identical inpu
 
 from __future__ import annotations
 
-from data.needle import needle_ppl_sample
-from data.passkey import passkey_sample
-from data.ruler import RULER_TASKS, ruler_sample
-from data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.data.needle import needle_ppl_sample
+from longctx.data.passkey import passkey_sample
+from longctx.data.ruler import RULER_TASKS, ruler_sample
+from longctx.data.samples import IGNORE_INDEX, SyntheticSample
 
 __all__ = [
     "IGNORE_INDEX",

@@ -27,7 +27,7 @@ from pathlib import Path
 import datasets
 from datasets.fingerprint import Hasher
 
-from data.errors import DataError
+from longctx.data.errors import DataError
 
 logger = logging.getLogger(__name__)
 

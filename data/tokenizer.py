@@ -21,8 +21,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from data.corpus import load_demo_corpus
-from data.errors import DataError
+from longctx.data.corpus import load_demo_corpus
+from longctx.data.errors import DataError
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 """In id order: pad 0, BOS 1, EOS 2."""

@@ -8,15 +8,16 @@
 - ``eval.models``: a checkpoint, or a base model plus a ``RopeSpec`` JSON;
 - ``eval.tasks.EVAL_TASKS``: the task registry; ``eval.report``: results.json, report.md, PNGs;
 - ``eval.scorer``: the factor-search objective built on ``iter_nll``;
-- ``python -m eval``: the CLI.
+- ``eval.driver.evaluate``: the one driver behind ``longctx eval`` (``python -m longctx.eval``)
+  and a recipe's eval stage.
 
 Layering: imports ``rope`` and ``data``, never ``train``. (``perplexity`` itself is not
 re-exported here: the name would shadow the ``eval.perplexity`` module.)
 """
 
-from eval.models import load_model_for_eval
-from eval.perplexity import iter_nll, nll_per_sample, perplexity_at_lengths
-from eval.tasks import EVAL_TASKS, EvalSettings
+from longctx.eval.models import load_model_for_eval
+from longctx.eval.perplexity import iter_nll, nll_per_sample, perplexity_at_lengths
+from longctx.eval.tasks import EVAL_TASKS, EvalSettings
 
 __all__ = [
     "EVAL_TASKS",

@@ -1,6 +1,6 @@
-"""``python -m eval``: evaluate a checkpoint, or a base model under several RoPE specs.
+"""``python -m longctx.eval`` / ``longctx eval``: evaluate a checkpoint, or a base model under several RoPE specs.
 
-    python -m eval --model DIR [--spec pi.json yarn.json ...] [--include-base] \\
+    longctx eval --model DIR [--spec pi.json yarn.json ...] [--include-base] \\
         --tasks ppl,passkey,niah,ruler[,short] --lengths 256,512,1024 --out DIR
 
 One run per spec (each installed into the same loaded model with ``rope.apply_rope``), or one
@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
-from eval.models import EvalTarget, install_spec, load_model_for_eval
-from eval.report import write_json_atomic, write_report
-from eval.tasks import DEFAULT_DEPTHS, EVAL_TASKS, EvalSettings
+from longctx.eval.driver import Run, evaluate
+from longctx.eval.models import EvalTarget, load_model_for_eval, load_spec
+from longctx.eval.tasks import DEFAULT_DEPTHS, EVAL_TASKS, EvalSettings
 
 
 def _ints(text: str) -> list[int]:
@@ -35,7 +34,7 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="longctx eval", description=__doc__.splitlines()[0])
     p.add_argument(
         "--model", required=True, help="local checkpoint directory (config.json, weights, tokenizer)"
     )
@@ -117,32 +116,29 @@ def settings_from_args(args) -> EvalSettings:
 
 
 def run(args) -> dict:
-    """Evaluate every target on every task; returns the results dict (also written to ``--out``)."""
+    """Evaluate every target on every task (:func:`eval.driver.evaluate`); returns the results
+    (also written to ``--out``)."""
+    from transformers import AutoTokenizer
+
     settings = settings_from_args(args)
-    targets = targets_from_args(args)
-    results = {"lengths": args.lengths, "tasks": args.tasks, "runs": []}
-    model, tokenizer = load_model_for_eval(
-        args.model, dtype=args.dtype, attn_implementation=args.attn, device=args.device
-    )
-    for target in targets:
-        if target.spec_path:
-            install_spec(model, target.spec_path)
-        run = {
-            "name": target.label,
-            "model": target.model_path,
-            "spec": target.spec_path,
-            "tasks": {},
-            "seconds": {},
-        }
-        results["runs"].append(run)
-        for task in args.tasks:
-            print(f"[eval] {target.label}: {task}", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            run["tasks"][task] = EVAL_TASKS[task](model, tokenizer, settings)
-            run["seconds"][task] = round(time.perf_counter() - start, 3)
-            write_json_atomic(results, os.path.join(args.out, "results.json"))
-    write_report(results, args.out)
-    return results
+
+    def load():
+        model, _ = load_model_for_eval(
+            args.model, dtype=args.dtype, attn_implementation=args.attn, device=args.device
+        )
+        return model
+
+    runs = [
+        Run(
+            name=target.label,
+            model=str(target.model_path),
+            load=load,
+            spec=(lambda _model, path=target.spec_path: load_spec(path)) if target.spec_path else None,
+        )
+        for target in targets_from_args(args)
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    return evaluate(runs, tokenizer, args.tasks, settings, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

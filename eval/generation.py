@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from data.samples import SyntheticSample
+from longctx.data.samples import SyntheticSample
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 

@@ -43,7 +43,7 @@ def _check_model_dir(model_path: str | os.PathLike) -> Path:
 
 def load_spec(spec_path: str | os.PathLike):
     """``rope.RopeSpec`` from a JSON file (``rope`` imported lazily)."""
-    from rope import RopeSpec
+    from longctx.rope import RopeSpec
 
     return RopeSpec.from_json(spec_path)
 
@@ -55,7 +55,7 @@ def install_spec(model, spec_path: str | os.PathLike | None):
     (``rope.SPEC_FILE``): it is re-installed so n̂ and other non-stock parts apply exactly.
     Returns the spec installed, or None when the model keeps its config's RoPE.
     """
-    from rope import SPEC_FILE, apply_rope
+    from longctx.rope import SPEC_FILE, apply_rope
 
     if spec_path is None:
         own = Path(getattr(model, "name_or_path", "") or "") / SPEC_FILE

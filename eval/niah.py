@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from data.samples import SyntheticSample
-from eval.generation import greedy_outputs, mean_by
-from eval.ruler import METRICS, generation_budget
+from longctx.data.samples import SyntheticSample
+from longctx.eval.generation import greedy_outputs, mean_by
+from longctx.eval.ruler import METRICS, generation_budget
 
 
 def score_niah(samples: Sequence[SyntheticSample], outputs: Sequence[str]) -> dict:
@@ -66,7 +66,7 @@ def niah_samples(
     seed: int = 0,
 ) -> list[SyntheticSample]:
     """Samples from ``data.synthetic.RULER_TASKS[task]`` at every (length, depth, repeat)."""
-    from data.synthetic import RULER_TASKS
+    from longctx.data.synthetic import RULER_TASKS
 
     if task not in RULER_TASKS:
         raise ValueError(f"niah task {task!r}: expected one of {sorted(RULER_TASKS)}")

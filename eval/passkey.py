@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from data.samples import SyntheticSample
-from eval.generation import greedy_outputs, mean_by
+from longctx.data.samples import SyntheticSample
+from longctx.eval.generation import greedy_outputs, mean_by
 
 _DIGITS = re.compile(r"\d+")
 
@@ -65,7 +65,7 @@ def passkey_samples(
     tokenizer, lengths: Sequence[int], depths: Sequence[float], *, per_cell: int = 1, seed: int = 0
 ) -> list[SyntheticSample]:
     """Samples from ``data.synthetic.passkey_sample`` for every (length, depth, repeat)."""
-    from data.synthetic import passkey_sample
+    from longctx.data.synthetic import passkey_sample
 
     return [
         passkey_sample(tokenizer, length, depth, seed + 1000 * i + k)

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.data.samples import IGNORE_INDEX, SyntheticSample
 
 LOGITS_BUDGET = 2**24
 """Default logits elements per chunk (64 MiB in float32): 512 positions of a 32k vocab."""

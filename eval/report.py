@@ -24,7 +24,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from rope.files import write_text_atomic
+from longctx.rope.files import write_text_atomic
 
 
 def write_json_atomic(data: dict, path: str | os.PathLike) -> Path:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from data.samples import IGNORE_INDEX, SyntheticSample
-from eval.generation import greedy_outputs, mean_by
+from longctx.data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.eval.generation import greedy_outputs, mean_by
 
 TOKENS_TO_GENERATE = {
     "niah": 128,
@@ -97,7 +97,7 @@ def ruler_samples(
     tokenizer, tasks: Sequence[str], lengths: Sequence[int], *, per_cell: int = 1, seed: int = 0
 ) -> list[SyntheticSample]:
     """Samples from ``data.synthetic.ruler_sample`` for every (task, length, repeat)."""
-    from data.synthetic import ruler_sample
+    from longctx.data.synthetic import ruler_sample
 
     return [
         ruler_sample(task, tokenizer, length, seed + k)

@@ -27,10 +27,10 @@ import json
 import math
 from collections.abc import Sequence
 
-from data.samples import IGNORE_INDEX, SyntheticSample
-from eval.perplexity import iter_nll
-from rope import RopeSpec, apply_rope, factor_set, installed_spec
-from rope.install import _check_compatible, _rotary_modules
+from longctx.data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.eval.perplexity import iter_nll
+from longctx.rope import RopeSpec, apply_rope, factor_set, installed_spec
+from longctx.rope.install import _check_compatible, _rotary_modules
 
 OBJECTIVES = ("ppl", "needle_ppl")
 FACTOR_SETS = ("long", "short")

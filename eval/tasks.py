@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.niah import niah_eval, niah_samples
-from eval.passkey import passkey_eval, passkey_samples
-from eval.perplexity import perplexity_at_lengths
-from eval.ruler import qa_samples, ruler_eval, ruler_samples
+from longctx.eval.niah import niah_eval, niah_samples
+from longctx.eval.passkey import passkey_eval, passkey_samples
+from longctx.eval.perplexity import perplexity_at_lengths
+from longctx.eval.ruler import qa_samples, ruler_eval, ruler_samples
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -56,21 +56,18 @@ class EvalSettings:
 
 
 def read_documents(source: str) -> list[str]:
-    """Texts of a demo corpus name, a .txt file, a .jsonl file (``text`` field) or a folder of .txt."""
-    path = Path(source)
-    if path.is_dir():
-        return [p.read_text(encoding="utf-8", errors="replace") for p in sorted(path.glob("*.txt"))]
-    if path.suffix == ".jsonl" and path.is_file():
-        return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
-    if path.is_file():
-        return [path.read_text(encoding="utf-8", errors="replace")]
-    from data.corpus import DEMO_CORPORA, load_demo_corpus
+    """Texts of a demo corpus name, or of a local .txt / .jsonl (``text`` field) / .parquet file or
+    folder of them — read by ``data.sources`` (the recipe's reader), so eval and training agree."""
+    from longctx.data.corpus import DEMO_CORPORA
+    from longctx.data.sources import load_documents
 
-    if source not in DEMO_CORPORA:
+    if not Path(source).exists() and source in DEMO_CORPORA:
+        return list(load_documents({"kind": "demo", "name": source})["text"])
+    if not Path(source).exists():
         raise FileNotFoundError(
-            f"--ppl-data {source!r}: not a file or folder, nor a demo corpus ({', '.join(sorted(DEMO_CORPORA))})"
+            f"ppl_data {source!r}: not a file or folder, nor a demo corpus ({', '.join(sorted(DEMO_CORPORA))})"
         )
-    return load_demo_corpus(source)
+    return list(load_documents({"kind": "local", "path": source})["text"])
 
 
 def run_ppl(model, tokenizer, s: EvalSettings) -> dict:
@@ -100,7 +97,7 @@ def run_niah(model, tokenizer, s: EvalSettings) -> dict:
 
 
 def run_ruler(model, tokenizer, s: EvalSettings) -> dict:
-    from data.synthetic import RULER_TASKS
+    from longctx.data.synthetic import RULER_TASKS
 
     tasks = s.ruler_tasks or list(RULER_TASKS)
     samples = ruler_samples(tokenizer, tasks, s.lengths, per_cell=s.samples, seed=s.seed)
@@ -111,7 +108,7 @@ def run_ruler(model, tokenizer, s: EvalSettings) -> dict:
 
 
 def run_short(model, tokenizer, s: EvalSettings) -> dict:
-    from eval.short_tasks import short_task_scores
+    from longctx.eval.short_tasks import short_task_scores
 
     if not s.short_tasks:
         raise ValueError("task 'short': no short tasks given; expected --short-tasks NAME[,PATH.yaml...]")

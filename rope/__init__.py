@@ -3,10 +3,10 @@
 ``rope`` imports none of ``data``, ``eval`` or ``train`` (see DESIGN.md: layering).
 """
 
-from rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError
-from rope.export import SPEC_FILE, save_extended
-from rope.hf_config import from_hf_config, to_hf_config
-from rope.install import (
+from longctx.rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError
+from longctx.rope.export import SPEC_FILE, save_extended
+from longctx.rope.hf_config import from_hf_config, to_hf_config
+from longctx.rope.install import (
     SUPPORTED_MODEL_TYPES,
     ScaledRotaryEmbedding,
     apply_rope,
@@ -14,8 +14,8 @@ from rope.install import (
     installed_spec,
     set_factor_set,
 )
-from rope.methods import ROPE_METHODS
-from rope.spec import RopeSpec
+from longctx.rope.methods import ROPE_METHODS
+from longctx.rope.spec import RopeSpec
 
 __all__ = [
     "ROPE_METHODS",

@@ -16,9 +16,9 @@ import random
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rope import RopeSpec, apply_rope, to_hf_config
-from rope.errors import RopeExportError
-from rope.longrope2 import long_factor_from_upper, theoretical_critical_dim
+from longctx.rope import RopeSpec, apply_rope, to_hf_config
+from longctx.rope.errors import RopeExportError
+from longctx.rope.longrope2 import long_factor_from_upper, theoretical_critical_dim
 
 
 def demo_specs(base: float, head_dim: int, length: int, scale: int) -> list[RopeSpec]:

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rope.errors import RopeExportError, RopeSpecError
-from rope.tables import RopeFrequencies
+from longctx.rope.errors import RopeExportError, RopeSpecError
+from longctx.rope.tables import RopeFrequencies
 
 if TYPE_CHECKING:
-    from rope.spec import RopeSpec
+    from longctx.rope.spec import RopeSpec
 
 ATTN_NAME = "longctx_dpe"
 

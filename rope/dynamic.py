@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rope.params import ScaleParams
-from rope.tables import RopeFrequencies
+from longctx.rope.params import ScaleParams
+from longctx.rope.tables import RopeFrequencies
 
 if TYPE_CHECKING:
-    from rope.spec import RopeSpec
+    from longctx.rope.spec import RopeSpec
 
 
 Params = ScaleParams

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
-from rope.hf_config import to_hf_config
-from rope.install import _check_compatible, _rotary_modules
-from rope.spec import RopeSpec
+from longctx.rope.hf_config import to_hf_config
+from longctx.rope.install import _check_compatible, _rotary_modules
+from longctx.rope.spec import RopeSpec
 
 SPEC_FILE = "longctx_rope_spec.json"
 """The full spec next to the weights, so our tools reload n̂/provenance exactly."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rope.errors import RopeSpecError
+from longctx.rope.errors import RopeSpecError
 
 
 @dataclass(frozen=True)

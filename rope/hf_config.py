@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rope.errors import RopeExportError, RopeSpecError
-from rope.methods import ROPE_METHODS
-from rope.spec import RopeSpec
+from longctx.rope.errors import RopeExportError, RopeSpecError
+from longctx.rope.methods import ROPE_METHODS
+from longctx.rope.spec import RopeSpec
 
 # rope_type → our method for reading configs (ntk exports as "default" with a new base)
 HF_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")

@@ -21,11 +21,13 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from rope.dpe import sync_attention
-from rope.errors import RopeSpecError, UnsupportedArchitectureError
-from rope.spec import RopeSpec
+from longctx.rope.dpe import sync_attention
+from longctx.rope.errors import RopeSpecError, UnsupportedArchitectureError
+from longctx.rope.spec import RopeSpec
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+ANGLE_FP64_FROM = 2**20
+"""Longest context whose RoPE angles are computed in fp32; longer ones in float64."""
 FACTOR_SET_ALIASES = {"short": "short", "original": "short", "long": "long", "rescaled": "long", None: None}
 
 
@@ -69,9 +71,14 @@ class ScaledRotaryEmbedding(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [batch, seq, hidden] (only its dtype/device matter); position_ids: [batch, seq]
+        if self.short_inv_freq.dtype != torch.float32 or self.long_inv_freq.dtype != torch.float32:
+            raise RopeSpecError(
+                f"rotary inv_freq was cast to {self.long_inv_freq.dtype}: RoPE angles need fp32 inv_freq "
+                "(something cast the model's buffers, e.g. DeepSpeed < 0.19.2 in bf16); re-run apply_rope"
+            )
         use_long = self.use_long(position_ids)
-        inv_freq = self._inv_freq(use_long, position_ids).to(device=x.device, dtype=torch.float)
-        freqs = position_ids[..., None].float() * inv_freq  # [batch, seq, d/2]
+        inv_freq = self._inv_freq(use_long, position_ids).to(device=x.device, dtype=self.angle_dtype)
+        freqs = position_ids[..., None].to(self.angle_dtype) * inv_freq  # [batch, seq, d/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [batch, seq, d]
         scale = self._scale(use_long)
         cos, sin = emb.cos() * scale, emb.sin() * scale
@@ -79,9 +86,20 @@ class ScaledRotaryEmbedding(nn.Module):
             cos, sin = self._keep_start_positions(cos, sin, position_ids, use_long)
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
 
+    @property
+    def angle_dtype(self) -> torch.dtype:
+        """fp32 angles up to 2^20 positions; float64 beyond, where an fp32 product position × inv_freq
+        errs by up to ~0.06 rad at 2^20 and ~0.12 rad at 2^21 (the 2048k recipe)."""
+        return (
+            torch.float64
+            if max(self.spec.target_length, self.spec.original_length) > ANGLE_FP64_FROM
+            else torch.float32
+        )
+
     def _keep_start_positions(self, cos, sin, position_ids, use_long):
         """LongRoPE n̂: positions < n̂ get the original RoPE (no interpolation, no mscale)."""
-        freqs = position_ids[..., None].float() * self.original_inv_freq.to(position_ids.device)
+        original = self.original_inv_freq.to(device=position_ids.device, dtype=self.angle_dtype)
+        freqs = position_ids[..., None].to(self.angle_dtype) * original
         emb = torch.cat((freqs, freqs), dim=-1)
         keep = (position_ids < self.spec.n_hat)[..., None]  # [batch, seq, 1]
         if not isinstance(use_long, bool):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rope.params import ScaleParams
-from rope.tables import RopeFrequencies
+from longctx.rope.params import ScaleParams
+from longctx.rope.tables import RopeFrequencies
 
 if TYPE_CHECKING:
-    from rope.spec import RopeSpec
+    from longctx.rope.spec import RopeSpec
 
 
 Params = ScaleParams

@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rope.errors import RopeSpecError
-from rope.geometry import inv_freq_from_factors
-from rope.params import check_positive
-from rope.tables import RopeFrequencies
+from longctx.rope.errors import RopeSpecError
+from longctx.rope.geometry import inv_freq_from_factors
+from longctx.rope.params import check_positive
+from longctx.rope.tables import RopeFrequencies
 
 if TYPE_CHECKING:
-    from rope.spec import RopeSpec
+    from longctx.rope.spec import RopeSpec
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def compute(spec: RopeSpec, seq_len=None, device=None) -> RopeFrequencies:
 def hf_parameters(spec: RopeSpec) -> tuple[dict, float, int]:
     short_scale, long_scale = attention_factors(spec)
     if short_scale != long_scale:
-        from rope.errors import RopeExportError
+        from longctx.rope.errors import RopeExportError
 
         raise RopeExportError(
             f"mscale_short=False gives short inputs attention factor 1 and long inputs {long_scale:.6g}, "

@@ -20,12 +20,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rope import longrope
-from rope.errors import RopeSpecError
-from rope.tables import RopeFrequencies
+from longctx.rope import longrope
+from longctx.rope.errors import RopeSpecError
+from longctx.rope.tables import RopeFrequencies
 
 if TYPE_CHECKING:
-    from rope.spec import RopeSpec
+    from longctx.rope.spec import RopeSpec
 
 NTK_FILL_RTOL = 1e-6
 

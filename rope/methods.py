@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from rope import default, dpe, dynamic, linear, llama3, longrope, longrope2, ntk, yarn
+from longctx.rope import default, dpe, dynamic, linear, llama3, longrope, longrope2, ntk, yarn
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rope.errors import RopeSpecError
+from longctx.rope.errors import RopeSpecError
 
 if TYPE_CHECKING:
-    from rope.geometry import RopeGeometry
+    from longctx.rope.geometry import RopeGeometry
 
 P = TypeVar("P")
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from rope.errors import RopeSpecError
-from rope.files import write_text_atomic
-from rope.geometry import RopeGeometry, factors_from_inv_freq
-from rope.methods import ROPE_METHODS, RopeMethod
-from rope.params import check_factor_list, check_positive, parse_params
-from rope.tables import RopeFrequencies
+from longctx.rope.errors import RopeSpecError
+from longctx.rope.files import write_text_atomic
+from longctx.rope.geometry import RopeGeometry, factors_from_inv_freq
+from longctx.rope.methods import ROPE_METHODS, RopeMethod
+from longctx.rope.params import check_factor_list, check_positive, parse_params
+from longctx.rope.tables import RopeFrequencies
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rope.errors import RopeSpecError
-from rope.params import check_positive
-from rope.tables import RopeFrequencies
+from longctx.rope.errors import RopeSpecError
+from longctx.rope.params import check_positive
+from longctx.rope.tables import RopeFrequencies
 
 if TYPE_CHECKING:
-    from rope.spec import RopeSpec
+    from longctx.rope.spec import RopeSpec
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def test_report_from_results_with_pending_cells(repro, tmp_path):
 
 
 def test_scaled_runs_override_every_target_and_validate(repro):
-    from train.load import load_recipe
+    from longctx.train.load import load_recipe
 
     recipe_file = ROOT / "recipes" / "repro" / "no_finetune.yaml"
     committed = load_recipe(recipe_file, check_files=False)
@@ -127,7 +127,7 @@ def test_efficiency_claim_bounds_evolution_that_never_reached(repro, tmp_path):
 
 
 def test_smollm2_32k_overrides_validate_and_the_report_judges_each_claim(repro, tmp_path, monkeypatch):
-    from train.load import load_recipe
+    from longctx.train.load import load_recipe
 
     recipe = load_recipe(
         ROOT / "recipes" / "smollm2_135m_32k.yaml", repro.smollm2_32k_overrides(), check_files=False

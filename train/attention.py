@@ -12,7 +12,7 @@ that takes the same varlen kwargs as flash (``cu_seq_lens_q``, from
 SDPA once per group of equal-length documents (documents of one length are stacked into one
 batched call, so one-document rows cost one call). Its name is not a mask function of
 transformers', so no mask is built at all. Without ``cu_seq_lens_q`` (generation, eval) it is
-plain SDPA. Used for training only (``train.stages._train`` switches to it and back), on
+plain SDPA. Used for training only (``train.fit.fit`` switches to it and back), on
 models that take ``set_attn_implementation`` (the AttentionInterface models: Llama, Mistral,
 Qwen2, Phi-3, …).
 """
@@ -98,3 +98,17 @@ def segment_attention(model: torch.nn.Module):
         yield model
     finally:
         model.set_attn_implementation(before)
+
+
+def attention_implementation(choice: str) -> str:
+    """The recipe's ``model.attention`` as transformers' ``attn_implementation``.
+
+    ``auto``: flash-attention 2 (varlen over packed rows, no mask) where CUDA and ``flash_attn``
+    are present, else SDPA (per-document calls, :data:`SEGMENTS`).
+    """
+    if choice == "auto":
+        import importlib.util
+
+        flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+        return "flash_attention_2" if flash else "sdpa"
+    return {"flash": "flash_attention_2"}.get(choice, choice)

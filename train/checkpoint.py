@@ -1,8 +1,10 @@
 """Training checkpoints: atomic, keep-last-K, resume from the newest one that loads.
 
-A checkpoint is ``checkpoints/step-<N>/`` holding accelerate's full state (model,
-optimizer, scheduler, RNG of every process — ``Accelerator.save_state``) plus
-``trainer_state.json`` (step, data position, last loss). It is written to a temp dir,
+A checkpoint is ``checkpoints/step-<N>/`` holding accelerate's state of ONE stage (its model,
+optimizer and RNG of every process — ``Accelerator.save_state``; each stage releases what it
+prepared, so nothing of an earlier stage is in it), the LR schedule (``scheduler.pt``) and
+``trainer_state.json`` (stage name, step, data position, losses). Loading a checkpoint that
+names another stage is refused with one line. It is written to a temp dir,
 marked ``COMPLETE`` last, then renamed into place, so a kill at any instant leaves either
 the previous checkpoint set or the new one. On resume a checkpoint without its marker, or
 one that fails to load, is reported and the previous one is used.
@@ -16,11 +18,17 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+SCHEDULER_FILE = "scheduler.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not be restored into this stage (written by another one)."""
 
 
 def _step_of(path: Path) -> int:
@@ -35,8 +43,10 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=_step_of)
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict, keep: int) -> Path:
-    """Save the full training state for ``step`` atomically and prune to the newest ``keep``."""
+def save_checkpoint(
+    accelerator: Accelerator, root: Path, step: int, state: dict, keep: int, *, stage: str, scheduler=None
+) -> Path:
+    """Save stage ``stage``'s training state for ``step`` atomically and prune to the newest ``keep``."""
     target = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
     if accelerator.is_main_process:
@@ -46,7 +56,9 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "stage": stage, "step": step}, indent=2))
         (tmp / MARKER).write_text("ok\n")
         if target.exists():
             shutil.rmtree(target)
@@ -57,8 +69,10 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict
     return target
 
 
-def load_latest(accelerator: Accelerator, root: Path) -> dict | None:
-    """Restore the newest loadable checkpoint; returns its trainer state, or None to start fresh."""
+def load_latest(accelerator: Accelerator, root: Path, *, stage: str, scheduler=None) -> dict | None:
+    """Restore stage ``stage``'s newest loadable checkpoint; returns its trainer state, or None to
+    start fresh. A checkpoint of another stage (or of a version that did not name its stage) is
+    refused: restoring it would load another stage's weights into this one."""
     for ckpt in reversed(list_checkpoints(root)):
         problem = None
         if not (ckpt / MARKER).exists():
@@ -66,10 +80,22 @@ def load_latest(accelerator: Accelerator, root: Path) -> dict | None:
         else:
             try:
                 state = json.loads((ckpt / STATE_FILE).read_text())
-                accelerator.load_state(str(ckpt))
-                return state
             except Exception as err:  # a torn or corrupt file: fall back to the previous one
-                problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                state, problem = None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            if state is not None:
+                owner = state.get("stage")
+                if owner != stage:
+                    raise CheckpointError(
+                        f"{ckpt} holds the state of stage {owner or '(unnamed: written by an older version)'!r}, "
+                        f"not {stage!r}; delete {root} to restart this stage from its start"
+                    )
+                try:
+                    accelerator.load_state(str(ckpt))
+                    if scheduler is not None:
+                        scheduler.load_state_dict(torch.load(ckpt / SCHEDULER_FILE, weights_only=True))
+                    return state
+                except Exception as err:  # a torn or corrupt file: fall back to the previous one
+                    problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         if accelerator.is_main_process:
             tqdm.write(f"checkpoint {ckpt} is unusable ({problem}); trying the previous one", file=sys.stderr)
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
+import gc
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +19,15 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from rope import RopeSpec, from_hf_config
-from train.recipe import Recipe, resolve_path, source_stage
+from longctx.rope import RopeSpec, from_hf_config
+from longctx.train.attention import attention_implementation
+from longctx.train.models import init_model, model_config
+from longctx.train.precision import Precision
+from longctx.train.recipe import Recipe, resolve_path, source_stage
 
 
 @contextlib.contextmanager
-def _outside_zero_init(accelerator: Accelerator):
+def outside_zero_init(accelerator: Accelerator):
     """Build a fresh model outside DeepSpeed's ``zero.Init``: under ZeRO-3 transformers would
     otherwise initialise it partitioned, with different random weights than one process gets,
     so the same seed would not give the same base model. (Loaded checkpoints are unaffected.)"""
@@ -39,9 +42,6 @@ def _outside_zero_init(accelerator: Accelerator):
         yield
     finally:
         plugin.set_deepspeed_weakref()
-
-
-ARCH_CONFIGS = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 
 
 def plain_from_gguf(model: torch.nn.Module) -> torch.nn.Module:
@@ -89,24 +89,22 @@ class RunContext:
 
     # ----- model, tokenizer, spec ----------------------------------------------------------
     @property
-    def dtype(self) -> torch.dtype:
-        choice = self.recipe.model.dtype
-        if choice == "auto":
-            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        return getattr(torch, choice)
+    def precision(self) -> Precision:
+        return Precision.of(self.recipe.model.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
 
     @property
     def attention(self) -> str:
-        choice = self.recipe.model.attention
-        if choice == "auto":
-            return "sdpa"
-        return "flash_attention_2" if choice == "flash" else choice
+        return attention_implementation(self.recipe.model.attention)
 
     def tokenizer(self):
         if self._tokenizer is None:
             cfg = self.recipe.tokenizer
             if cfg.demo_vocab_size is not None:
-                from data.tokenizer import train_demo_tokenizer
+                from longctx.data.tokenizer import train_demo_tokenizer
 
                 with self.accelerator.main_process_first():
                     self._tokenizer = train_demo_tokenizer(
@@ -121,13 +119,19 @@ class RunContext:
                 )
         return self._tokenizer
 
-    def load_model(self, stage) -> torch.nn.Module:
-        """The model a stage starts from: an earlier stage's output, the recipe's path, or a fresh init."""
-        return self.load_model_from(self.model_source(stage))
+    def load_model(self, stage, *, training: bool = False, device=None) -> torch.nn.Module:
+        """The model a stage starts from (an earlier stage's output, the recipe's path, or a fresh
+        init), loaded once: see :meth:`load_model_from`."""
+        return self.load_model_from(self.model_source(stage), training=training, device=device)
 
-    def load_model_from(self, source: str | None) -> torch.nn.Module:
-        """Stage ``source``'s saved model, or the recipe's own model when ``source`` is None."""
-        kwargs = dict(dtype=self.dtype, attn_implementation=self.attention)
+    def load_model_from(self, source: str | None, *, training: bool = False, device=None) -> torch.nn.Module:
+        """Stage ``source``'s saved model, or the recipe's own model when ``source`` is None.
+
+        Training: parameters in the precision policy's master dtype (fp32), left where they are
+        for ``accelerator.prepare`` to place. Otherwise: the compute dtype, in eval mode, on
+        ``device`` (default: the accelerator's device).
+        """
+        kwargs = dict(dtype=self.precision.load_dtype(training), attn_implementation=self.attention)
         if source is not None:
             model = AutoModelForCausalLM.from_pretrained(
                 self.stage_dir(source) / "model", local_files_only=True, **kwargs
@@ -141,35 +145,45 @@ class RunContext:
             )
             if self.recipe.model.gguf_file is not None:
                 model = plain_from_gguf(model)
-        if self.recipe.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        return model
+        if training:
+            if self.recipe.model.gradient_checkpointing:
+                model.gradient_checkpointing_enable()
+            return model
+        return model.eval().to(self.device if device is None else device)
+
+    def release(self, *objects) -> None:
+        """Drop what a stage prepared: accelerate's references to its model / optimizer / engine
+        (DeepSpeed's engine destroyed), the Ulysses process groups, then collect and return cached
+        device memory."""
+        from longctx.train.sequence_parallel import release_groups
+
+        self.accelerator.free_memory(*objects)
+        release_groups()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _init_model(self, dtype, attn_implementation) -> torch.nn.Module:
         init = self.recipe.model.init
         tok = self.tokenizer()
-        config = AutoConfig.for_model(
-            ARCH_CONFIGS[init.architecture],
+        config = model_config(
+            init.architecture,
             vocab_size=len(tok),
             hidden_size=init.hidden_size,
             intermediate_size=init.intermediate_size,
-            num_attention_heads=init.num_heads,
-            num_key_value_heads=init.num_kv_heads,
-            num_hidden_layers=init.num_layers,
-            head_dim=init.hidden_size // init.num_heads,
-            max_position_embeddings=init.original_length,
+            num_heads=init.num_heads,
+            num_kv_heads=init.num_kv_heads,
+            num_layers=init.num_layers,
+            original_length=init.original_length,
             original_max_position_embeddings=init.original_length,
-            rope_parameters={"rope_type": "default", "rope_theta": init.rope_theta},
+            rope_theta=init.rope_theta,
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=init.tie_embeddings,
+            tie_embeddings=init.tie_embeddings,
         )
-        torch.manual_seed(self.recipe.seed)
-        with _outside_zero_init(self.accelerator):
-            return AutoModelForCausalLM.from_config(
-                config, dtype=dtype, attn_implementation=attn_implementation
-            )
+        with outside_zero_init(self.accelerator):
+            return init_model(config, self.recipe.seed, dtype=dtype, attn_implementation=attn_implementation)
 
     def base_spec(self, model) -> RopeSpec:
         """The pretrained model's own RoPE (original length L, original base)."""
@@ -187,14 +201,18 @@ class RunContext:
 
     @property
     def original_length(self) -> int:
+        """L: the recipe's when it states one, else the recipe model's config (no weights loaded)."""
         if "L" not in self._cache:
-            init = self.recipe.model.init
-            if init is not None:
-                self._cache["L"] = init.original_length
-            elif self.recipe.model.original_length is not None:
-                self._cache["L"] = self.recipe.model.original_length
-            else:
-                self._cache["L"] = self.base_spec(self.load_model(self.recipe.stages[0])).original_length
+            from longctx.train.schema import declared_length
+
+            L = declared_length(self.recipe)
+            if L is None:
+                path = resolve_path(self.recipe_file, self.recipe.model.path)
+                config = AutoConfig.from_pretrained(
+                    path, local_files_only=True, gguf_file=self.recipe.model.gguf_file
+                )
+                L = from_hf_config(config).original_length
+            self._cache["L"] = L
         return self._cache["L"]
 
     # ----- data ----------------------------------------------------------------------------
@@ -203,8 +221,8 @@ class RunContext:
         if self._documents is None:
             import datasets
 
-            from data.sources import load_documents
-            from data.tokenize import tokenize_documents
+            from longctx.data.sources import load_documents
+            from longctx.data.tokenize import tokenize_documents
 
             cfg = self.recipe.data
             parts = [load_documents(src) for src in cfg.sources]
@@ -216,58 +234,15 @@ class RunContext:
         return self._documents
 
     def training_documents(self, windows) -> list[list[int]]:
-        """Documents for a training stage: long ones whole, plus ≤ L pieces for original windows.
+        """Documents for a training stage (``data.training_mix.training_documents``)."""
+        from longctx.data.training_mix import training_documents
 
-        Short rows are packed from documents ≤ L (LongRoPE2 §3.3). When a corpus has only long
-        documents (the KJV books), they are also cut into L-token pieces so short rows exist;
-        synthetic passkey documents are mixed in at ``data.passkey_share``: ≤ L ones among the
-        short documents (as many as the share asks of their count), and for each rescaled window
-        ones of half to all its length among the long documents, as many as the share asks of
-        the long documents' TOKENS (the sampler splits a long document over many rows, so a
-        count per document would leave long rows almost without passkeys on a corpus of books).
-        """
-        L, docs = self.original_length, self.documents()
-        out = list(docs)
-        if any(w.rope == "original" for w in windows) and not any(len(d) <= L for d in docs):
-            pieces = [d[i : i + L] for d in docs for i in range(0, len(d) - L // 4, L)]
-            self.log(
-                f"data: no document <= L={L}; cut {len(docs)} documents into {len(pieces)} pieces of <= {L} tokens"
-            )
-            out += pieces
-        share = self.recipe.data.passkey_share
-        if share > 0:
-            out += self._passkey_documents(L, round(share / (1 - share) * sum(len(d) <= L for d in out)))
-            long_tokens = sum(len(d) for d in docs if len(d) > L)
-            for length in sorted({w.length for w in windows if w.rope == "rescaled"}):
-                # long rows retrieve too: passkey documents of L' / 2 … L' tokens (¾ L' on average)
-                count = round(share / (1 - share) * long_tokens / (0.75 * length))
-                out += self._passkey_documents(length, max(1, count))
-        return out
-
-    def _passkey_documents(self, length: int, count: int) -> list[list[int]]:
-        from data.errors import DataError
-        from data.synthetic import passkey_sample
-
-        # ≤ L documents: the stream the base was pretrained on; each long length its own stream
-        # and keys (seeds from length·10⁶), so long rows never repeat a short document's key
-        short = length == self.original_length
-        rng = random.Random(self.recipe.seed if short else f"{self.recipe.seed}:{length}")
-        first = 0 if short else length * 1_000_000
-        tok = self.tokenizer()
-        docs = []
-        for i in range(count):
-            # one token short of the length, so the EOS never cuts the answer off
-            want, depth = rng.randint(length // 2, length - 1), rng.random()
-            try:
-                sample = passkey_sample(tok, length=want, depth=depth, seed=first + i)
-            except DataError:  # shorter than the fixed prompt: use the longest length that fits
-                try:
-                    sample = passkey_sample(tok, length=length - 1, depth=depth, seed=first + i)
-                except DataError as err:
-                    raise DataError(
-                        f"data.passkey_share: passkey documents do not fit in L={length} ({err})"
-                    ) from None
-            eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
-            docs.append([*sample.input_ids, *eos])
-        self.log(f"data: mixed in {count} synthetic passkey documents of <= {length} tokens")
-        return docs
+        return training_documents(
+            self.documents(),
+            [(w.length, w.rope) for w in windows],
+            original_length=self.original_length,
+            tokenizer=self.tokenizer(),
+            passkey_share=self.recipe.data.passkey_share,
+            seed=self.recipe.seed,
+            log=self.log,
+        )

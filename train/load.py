@@ -15,28 +15,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from train.recipe import (
-    RECIPE_SOURCE,
-    EvalStage,
-    ExportStage,
-    FinetuneStage,
-    PretrainStage,
-    ReadjustStage,
-    Recipe,
-    SearchStage,
-    produces_model,
-    produces_spec,
-    resolve_path,
-)
+from longctx.train.recipe import RECIPE_SOURCE, Recipe, produces_model, produces_spec, resolve_path
+from longctx.train.stages import STAGES
 
-STAGE_CLASSES: dict[str, type[BaseModel]] = {
-    "pretrain": PretrainStage,
-    "finetune": FinetuneStage,
-    "search": SearchStage,
-    "readjust": ReadjustStage,
-    "eval": EvalStage,
-    "export": ExportStage,
-}
+STAGE_CLASSES: dict[str, type[BaseModel]] = {kind: module.Settings for kind, module in STAGES.items()}
 
 
 # names LLaMA-Factory / axolotl / HF Trainer users type, and ours
@@ -249,7 +231,7 @@ def _environment_errors(recipe: Recipe, source: str) -> list[str]:
                 f"{source}: model.attention: 'flash' needs the flash-attn package (pip install -e '.[gpu]'); or use 'sdpa'"
             )
     if recipe.model.liger == "on":
-        from train.kernels import liger_unavailable
+        from longctx.train.kernels import liger_unavailable
 
         reason = liger_unavailable()
         if reason is not None:
@@ -306,39 +288,10 @@ def _sequence_parallel_errors(recipe: Recipe, source: str) -> list[str]:
 
 
 def _stage_errors(recipe: Recipe, source: str) -> list[str]:
-    lines = []
-    L = recipe.model.init.original_length if recipe.model.init else recipe.model.original_length
-    for i, stage in enumerate(recipe.stages):
-        where = f"{source}: stages[{i}]"
-        if stage.kind == "search" and L is not None and stage.target_length <= L:
-            lines.append(
-                f"{where}.target_length: expected > L={L} (the model's original length); got {stage.target_length}"
-            )
-        if stage.kind == "readjust" and L is not None and stage.target_length > L:
-            lines.append(
-                f"{where}.target_length: readjustment targets a short length <= L={L}; got {stage.target_length}"
-            )
-        if hasattr(stage, "windows"):
-            total = sum(w.share for w in stage.windows)
-            if abs(total - 1.0) > 1e-6:
-                lines.append(f"{where}.windows: shares must sum to 1, got {total:g}")
-            for j, w in enumerate(stage.windows):
-                if stage.kind == "pretrain" and w.rope == "rescaled":
-                    lines.append(f"{where}.windows[{j}].rope: pretrain trains the original RoPE only")
-                if L is not None and w.rope == "rescaled" and w.length <= L:
-                    lines.append(f"{where}.windows[{j}].length: a rescaled window must be longer than L={L}")
-    return lines
-
-
-def _plugin_errors(recipe: Recipe, source: str) -> list[str]:
-    """Stage kinds / algorithms whose machinery is not installed are rejected here."""
-    from train.stages import STAGES, stage_unavailable
-
+    """Each stage kind's own checks against the rest of the recipe (``train/stages/<kind>.py``)."""
     lines = []
     for i, stage in enumerate(recipe.stages):
-        reason = stage_unavailable(stage) if stage.kind in STAGES else f"kind {stage.kind!r} has no runner"
-        if reason:
-            lines.append(f"{source}: stages[{i}]: {reason}")
+        lines += STAGES[stage.kind].check(recipe, i, f"{source}: stages[{i}]")
     return lines
 
 
@@ -366,7 +319,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), *, check_files: boo
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(schema_errors(err, source)) from None
-    lines = _reference_errors(recipe, source) + _stage_errors(recipe, source) + _plugin_errors(recipe, source)
+    lines = _reference_errors(recipe, source) + _stage_errors(recipe, source)
     lines += _sequence_parallel_errors(recipe, source)
     if check_files:
         lines += _file_errors(recipe, source, path) + _environment_errors(recipe, source)

@@ -25,11 +25,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from data.packing import attention_mask_4d, flash_varlen_kwargs
-from rope import set_factor_set
-from train import sequence_parallel as sp
-from train.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from train.recipe import TrainStage
+from longctx.data.packing import attention_mask_4d, flash_varlen_kwargs
+from longctx.rope import set_factor_set
+from longctx.train import sequence_parallel as sp
+from longctx.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from longctx.train.recipe import TrainStage
 
 
 class TrainingError(RuntimeError):
@@ -97,6 +97,9 @@ def _configure_accumulation(accelerator: Accelerator, cfg: TrainStage, dp_size: 
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
         plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm
         plugin.deepspeed_config["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * dp_size
+        if accelerator.mixed_precision in ("bf16", "fp16"):
+            # DeepSpeed's half mode keeps fp32 master weights; gradients accumulate in fp32 too
+            plugin.deepspeed_config.setdefault("data_types", {})["grad_accum_dtype"] = "fp32"
 
 
 def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, layout: sp.SPLayout):
@@ -153,11 +156,11 @@ def train_loop(
     )
     scheduler = _scheduler(cfg, optimizer)
     _configure_accumulation(accelerator, cfg, layout.dp_size)
-    # the scheduler stays ours: accelerate's wrapper would step it once per process
+    # the scheduler stays ours (accelerate's wrapper would step it once per process) and is
+    # checkpointed by us: accelerate's registrations would outlive this stage
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     ckpt_root, metrics_file = stage_dir / "checkpoints", stage_dir / "metrics.jsonl"
-    state = load_latest(accelerator, ckpt_root)
+    state = load_latest(accelerator, ckpt_root, stage=stage_dir.name, scheduler=scheduler)
     step = state["step"] if state else 0
     losses: list[float] = state["losses"] if state else []
     tokens = state["tokens"] if state else 0
@@ -204,7 +207,15 @@ def train_loop(
             _log(metrics_file, record, accelerator)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             state = {"losses": losses, "tokens": tokens, "data_position": step * per_step}
-            last_good = save_checkpoint(accelerator, ckpt_root, step, state, cfg.keep_checkpoints)
+            last_good = save_checkpoint(
+                accelerator,
+                ckpt_root,
+                step,
+                state,
+                cfg.keep_checkpoints,
+                stage=stage_dir.name,
+                scheduler=scheduler,
+            )
     bar.close()
     model.eval()
     final = losses[-1] if losses else math.nan

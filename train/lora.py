@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from train.recipe import LoraCfg
+from longctx.train.recipe import LoraCfg
 
 TRAINABLE_PATTERNS = {"embed": ("embed_tokens",), "norm": ("norm",)}
 

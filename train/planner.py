@@ -102,7 +102,7 @@ def recipe_model_shape(recipe, recipe_file) -> tuple[ModelShape | None, str]:
     """The recipe model's shape from its config only (no weights), or None with the reason."""
     from transformers import AutoConfig
 
-    from train.recipe import resolve_path
+    from longctx.train.recipe import resolve_path
 
     init = recipe.model.init
     if init is not None:

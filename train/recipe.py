@@ -9,208 +9,44 @@ all errors are reported at once. Cross-field rules (a stage reading a later stag
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field
 
+from longctx.train.schema import (
+    DataCfg,
+    LoraCfg,
+    ModelCfg,
+    ModelInit,
+    Strict,
+    TokenizerCfg,
+    TrainStage,
+    WindowCfg,
+)
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelInit(Strict):
-    """A Llama-family architecture to train from scratch (the tiny recipe's own base model)."""
-
-    architecture: Literal["llama", "mistral", "qwen2", "qwen3", "phi3"] = "llama"
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(4, gt=0)
-    num_heads: int = Field(4, gt=0)
-    num_kv_heads: int = Field(2, gt=0)
-    intermediate_size: int = Field(256, gt=0)
-    rope_theta: float = Field(10_000.0, gt=1)
-    original_length: int = Field(256, gt=0)
-    """L: the length the base model is pretrained at."""
-    tie_embeddings: bool = True
-    """Share the input embedding and the LM head (fewer parameters for tiny models)."""
-
-
-class ModelCfg(Strict):
-    path: str | None = None
-    """Local directory of a transformers checkpoint (no hub downloads at run time)."""
-    gguf_file: str | None = None
-    """A GGUF file inside ``path`` (e.g. SmolLM2 shipped in a pip package)."""
-    init: ModelInit | None = None
-    """Build a fresh model from this architecture instead of loading ``path``."""
-    original_length: int | None = Field(None, gt=0)
-    """L, when the config's max_position_embeddings is not the pretraining length
-    (Mistral-7B-v0.1 says 32768 but was pretrained at 8192)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """auto: bfloat16 on CUDA, float32 on CPU."""
-    attention: Literal["auto", "flash", "sdpa", "eager"] = "auto"
-    liger: Literal["auto", "on", "off"] = "auto"
-    """liger-kernel RMSNorm/SwiGLU/RoPE/fused linear cross-entropy (``train.kernels``): auto = on
-    where CUDA and the package are present, a logged fallback elsewhere; on = required."""
-    gradient_checkpointing: bool = False
-
-    @field_validator("liger", mode="before")
-    @classmethod
-    def _yaml_on_off(cls, value):
-        """YAML reads a bare ``on`` / ``off`` as a boolean: take it as the word it was."""
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelCfg:
-        if (self.path is None) == (self.init is None):
-            raise ValueError("set exactly one of model.path (load) or model.init (train from scratch)")
-        return self
-
-
-class TokenizerCfg(Strict):
-    path: str | None = None
-    """Local tokenizer directory; default: the model's path."""
-    demo_vocab_size: int | None = Field(None, gt=255)
-    """Train the demo byte-level BPE on the demo corpus with this vocabulary (tiny recipe)."""
-
-
-class DataCfg(Strict):
-    sources: list[dict[str, Any]] = Field(min_length=1)
-    """Each passed to ``data.sources.load_documents`` (kinds: hf, local, demo)."""
-    num_proc: int = Field(1, ge=1)
-    cache_dir: str | None = None
-    """Tokenisation cache; default ``<output_dir>/cache``."""
-    passkey_share: float = Field(0.0, ge=0.0, lt=1.0)
-    """Share of synthetic passkey documents mixed in (so a base model learns to retrieve)."""
-
-
-class WindowCfg(Strict):
-    length: int = Field(gt=0)
-    share: float = Field(gt=0.0, le=1.0)
-    rope: Literal["original", "rescaled"]
-    """original: short documents (≤ L) with the short/original factors; rescaled: long ones."""
-
-
-class LoraCfg(Strict):
-    """LoRA through peft; the stage's saved model is the merged one (stock weights)."""
-
-    r: int = Field(16, gt=0)
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    trainable: list[Literal["embed", "norm"]] = []
-    """Also train these base parameters fully — LongLoRA (arXiv 2309.12307 §3.3) found trainable
-    embeddings and norms necessary for long-context adaptation with LoRA."""
-
-
-class TrainStage(Strict):
-    name: str
-    model_from: str | None = None
-    """Stage whose model this one starts from; default: the latest earlier model-producing stage."""
-    steps: int = Field(gt=0)
-    micro_batch_size: int = Field(1, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    lr: float = Field(gt=0)
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    checkpoint_every: int = Field(50, gt=0)
-    keep_checkpoints: int = Field(2, gt=0)
-    log_every: int = Field(10, gt=0)
-    windows: list[WindowCfg] = Field(min_length=1)
-    lora: LoraCfg | None = None
-    """Train LoRA adapters (plus ``lora.trainable`` base parameters) instead of all weights."""
-
-
-class PretrainStage(TrainStage):
-    """Train the base model at its original length L with the default RoPE."""
-
-    kind: Literal["pretrain"]
-
-
-class FinetuneStage(TrainStage):
-    """Mixed-context-window fine-tuning (LongRoPE2 §3.3) with a searched spec."""
-
-    kind: Literal["finetune"]
-    spec_from: str | None = None
-    """Stage whose RoPE spec to train with; default: the latest earlier spec-producing stage."""
-
-
-class SearchStage(Strict):
-    kind: Literal["search"]
-    name: str
-    model_from: str | None = None
-    spec_from: str | None = None
-    """An earlier spec to warm-start from (progressive extension / DCIS historical factors)."""
-    algorithm: str = "longrope2"
-    target_length: int = Field(gt=0)
-    objective: Literal["ppl", "needle_ppl"] = "needle_ppl"
-    num_samples: int = Field(4, gt=0)
-    """Documents (ppl) or needle samples (needle_ppl) the objective averages over (paper: 5 / 10)."""
-    needle_depths: list[float] = [0.2, 0.5, 0.8]
-    """Depths of the needles in each needle-driven sample (LongRoPE2 §3.2)."""
-    max_evaluations: int | None = Field(None, gt=0)
-    """Stop after this many distinct candidates (the best so far is kept)."""
-    abandon_margin: float | None = Field(None, ge=0)
-    """Stop scoring a candidate once its running perplexity exceeds the cut by this fraction."""
-    settings: dict[str, Any] = Field(default_factory=dict)
-    """Algorithm parameters (population, generations, ranges...) — validated by the algorithm."""
-
-
-class ReadjustStage(SearchStage):
-    """Short-context readjustment (LongRoPE §3.3): search ``short_factor`` at a length ≤ L."""
-
-    kind: Literal["readjust"]
-    algorithm: str = "evolution"
-    objective: Literal["ppl", "needle_ppl"] = "ppl"
-    max_factor: float = Field(2.0, ge=1.0)
-    """Largest short factor (LongRoPE §3.3: "a smaller maximum λ")."""
-
-
-class EvalRun(Strict):
-    """One line of the comparison: a model (stage output) under a RoPE."""
-
-    name: str
-    model_from: str | None = None
-    """Stage whose model to evaluate; default: the eval stage's own model."""
-    spec_from: str | None = None
-    """Stage whose spec to install (rope: spec); default: the eval stage's own spec."""
-    rope: Literal["spec", "original", "linear", "ntk", "yarn"] = "spec"
-    """spec: the stage's spec; original: the base RoPE unchanged; linear (PI) / ntk / yarn:
-    baselines built for the eval stage's ``target_length`` with no search."""
-
-
-class EvalStage(Strict):
-    kind: Literal["eval"]
-    name: str
-    model_from: str | None = None
-    spec_from: str | None = None
-    tasks: list[Literal["ppl", "passkey", "niah", "ruler"]] = ["ppl", "passkey"]
-    lengths: list[int] = Field(min_length=1)
-    runs: list[EvalRun] = []
-    """The lines of the comparison; empty: one run of this stage's model and spec."""
-    target_length: int | None = Field(None, gt=0)
-    """L' the baselines are built for; default: the longest evaluated length."""
-    samples: int = Field(2, gt=0)
-    """Samples per (length, depth) cell for passkey / NIAH, per (task, length) for RULER."""
-    depths: list[float] = [0.1, 0.5, 0.9]
-    ppl_data: str = "kjv"
-    """Perplexity documents: a demo corpus name, a .txt/.jsonl file or a folder of .txt."""
-    ppl_docs: int = Field(3, gt=0)
-
-
-class ExportStage(Strict):
-    kind: Literal["export"]
-    name: str
-    model_from: str | None = None
-    spec_from: str | None = None
-
-
-Stage = Annotated[
-    PretrainStage | FinetuneStage | SearchStage | ReadjustStage | EvalStage | ExportStage,
-    Field(discriminator="kind"),
+__all__ = [
+    "RECIPE_SOURCE",
+    "DataCfg",
+    "LoraCfg",
+    "ModelCfg",
+    "ModelInit",
+    "Recipe",
+    "Stage",
+    "TokenizerCfg",
+    "TrainStage",
+    "WindowCfg",
+    "resolve_path",
+    "source_stage",
 ]
+
+
+def _stage_union():
+    from longctx.train.stages import STAGES
+
+    return Annotated[Union[tuple(m.Settings for m in STAGES.values())], Field(discriminator="kind")]  # noqa: UP007
+
+
+Stage = _stage_union()
 
 
 class Recipe(Strict):
@@ -228,11 +64,15 @@ class Recipe(Strict):
 
 
 def produces_model(stage) -> bool:
-    return stage.kind in ("pretrain", "finetune")
+    from longctx.train.stages import produces
+
+    return produces(stage, "model")
 
 
 def produces_spec(stage) -> bool:
-    return stage.kind in ("search", "readjust", "finetune")
+    from longctx.train.stages import produces
+
+    return produces(stage, "spec")
 
 
 RECIPE_SOURCE = "recipe"

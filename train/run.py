@@ -13,16 +13,14 @@ import json
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
 
-from rope.files import write_text_atomic
-from train.load import RecipeError, load_recipe
-from train.recipe import Recipe, source_stage
+from longctx.rope.files import write_text_atomic
+from longctx.train.load import RecipeError, load_recipe
+from longctx.train.recipe import Recipe, source_stage
 
 MARKER = "COMPLETE"
 
@@ -30,12 +28,16 @@ MARKER = "COMPLETE"
 def _stage_errors() -> tuple[type[Exception], ...]:
     """The errors our own layers raise with a message meant for the user (bad data, settings,
     specs, a non-finite loss): a stage that raises one stops the run with that one line."""
-    from data.errors import DataError
-    from eval.scorer import ScorerError
-    from rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError
-    from train.loop import TrainingError
+    from longctx.data.errors import DataError
+    from longctx.eval.scorer import ScorerError
+    from longctx.rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError
+    from longctx.train.checkpoint import CheckpointError
+    from longctx.train.loop import TrainingError
 
-    return DataError, ScorerError, RopeSpecError, RopeExportError, UnsupportedArchitectureError, TrainingError
+    return (
+        DataError, ScorerError, RopeSpecError, RopeExportError, UnsupportedArchitectureError, TrainingError,
+        CheckpointError,
+    )  # fmt: skip
 
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
@@ -47,46 +49,53 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def describe_plan(recipe: Recipe) -> list[str]:
-    """One line per stage: what it reads, what it does, what it writes."""
+    """One line per stage: what it reads, what it does (its module's ``plan``), what it writes."""
+    from longctx.train.stages import STAGES
+
     lines = []
     for i, stage in enumerate(recipe.stages):
         reads = []
-        if stage.kind not in ("pretrain",) and hasattr(stage, "model_from"):
+        if hasattr(stage, "model_from") and stage.kind != "pretrain":
             reads.append(f"model←{source_stage(recipe, stage, 'model_from') or 'recipe model'}")
         if hasattr(stage, "spec_from"):
             reads.append(f"spec←{source_stage(recipe, stage, 'spec_from') or 'base RoPE'}")
-        what = stage.kind
-        if hasattr(stage, "steps"):
-            longest = max(w.length for w in stage.windows)
-            tokens = stage.steps * stage.grad_accum * stage.micro_batch_size * longest
-            what += f" {stage.steps} steps, ≤{tokens:,} tokens/process, windows {[(w.length, w.share, w.rope) for w in stage.windows]}"
-        if stage.kind in ("search", "readjust"):
-            what += f" {stage.algorithm} → L'={stage.target_length} ({stage.objective})"
-        if stage.kind == "eval":
-            what += f" {stage.tasks} at {stage.lengths} for {[r.name for r in stage.runs] or [stage.name]}"
+        what = STAGES[stage.kind].plan(recipe, stage)
         out = Path(recipe.output_dir) / stage.name
         lines.append(f"[{i}] {stage.name}: {what}; reads {', '.join(reads) or 'nothing'}; writes {out}/")
     return lines
 
 
-def make_accelerator(project_dir: str | None = None, sequence_parallel: int = 1, attention: str = "sdpa"):
+PROCESS_GROUP_TIMEOUT = timedelta(hours=4)
+"""Ranks wait at a barrier while the main process evaluates or exports (``train/stages/eval.py``):
+long enough for a 128k eval, unlike torch's 10 min (NCCL) default."""
+
+
+def make_accelerator(
+    project_dir: str | None = None,
+    sequence_parallel: int = 1,
+    attention: str = "sdpa",
+    precision: str = "float32",
+):
+    """The run's one Accelerator. ``precision`` (the recipe's ``model.dtype``, resolved) decides
+    autocast, whatever the launch config says (``train.precision``)."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    from train.sequence_parallel import parallelism_config
+    from longctx.train.precision import Precision
+    from longctx.train.sequence_parallel import parallelism_config
 
     # Without CUDA, accelerate leaves the backend unset and every rank believes it is rank 0 of 1.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
-    handlers = (
-        [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
-    )
+    backend = "gloo" if distributed and not torch.cuda.is_available() else None
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=PROCESS_GROUP_TIMEOUT)] if distributed else []
     log_with = "tensorboard" if _has("tensorboard") else None
     return Accelerator(
         kwargs_handlers=handlers,
         log_with=log_with,
         project_dir=project_dir,
+        mixed_precision=Precision.of(precision).mixed_precision,
         parallelism_config=parallelism_config(sequence_parallel, world, attention),
     )
 
@@ -95,11 +104,6 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
-
-
-RESUMED_SCORES = ("search", "readjust")
-"""Stage kinds whose unfinished work on disk is scores (evaluations.jsonl / state.json, DPE's
-sweeps.jsonl): a rerun answers candidates from them, so it must score the same way."""
 
 
 def _check_same_config(stage, stage_dir: Path, recipe_file: Path, *, complete: bool = True) -> None:
@@ -118,40 +122,78 @@ def _check_same_config(stage, stage_dir: Path, recipe_file: Path, *, complete: b
 
 
 def run(recipe: Recipe, recipe_file: Path) -> dict:
-    from train.context import RunContext
-    from train.stages import STAGES
+    """Run the stages in order under the output directory's lock; each stage releases what it
+    prepared before the next one starts."""
+    from longctx.train.attention import attention_implementation
+    from longctx.train.context import RunContext
+    from longctx.train.lock import RunLockError, run_lock
+    from longctx.train.stages import STAGES
 
-    attention = {"flash": "flash_attention_2", "auto": "sdpa"}.get(
-        recipe.model.attention, recipe.model.attention
-    )
-    accelerator = make_accelerator(
-        str(Path(recipe.output_dir) / "tensorboard"), recipe.sequence_parallel, attention
-    )
-    ctx = RunContext(recipe, recipe_file, accelerator)
-    if accelerator.log_with:
-        accelerator.init_trackers(recipe.name, config={"seed": recipe.seed})
+    out = Path(recipe.output_dir)
+    try:
+        # the main process holds the lock before any rank starts: the others wait for it in the
+        # process group's rendezvous (make_accelerator); a refused main process exits
+        with run_lock(out):
+            accelerator = make_accelerator(
+                str(out / "tensorboard"),
+                recipe.sequence_parallel,
+                attention_implementation(recipe.model.attention),
+                recipe.model.dtype,
+            )
+            ctx = RunContext(recipe, recipe_file, accelerator)
+            if accelerator.log_with:
+                accelerator.init_trackers(recipe.name, config={"seed": recipe.seed})
+            return _run_stages(recipe, recipe_file, ctx, STAGES)
+    except RunLockError as err:
+        raise RecipeError([f"{recipe_file}: output_dir: {err}"]) from None
+
+
+def _preflight(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> None:
+    """Data checks of every unfinished stage, before any model loads (one line each)."""
+    lines = []
+    for stage in recipe.stages:
+        check = getattr(stages[stage.kind], "preflight", None)
+        if check is not None and not (ctx.stage_dir(stage.name) / MARKER).exists():
+            lines += [f"{recipe_file}: {line}" for line in check(stage, ctx)]
+    if lines:
+        raise RecipeError(lines)
+
+
+def _run_stages(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> dict:
+    import gc
+
+    import torch
+
+    accelerator = ctx.accelerator
+    _preflight(recipe, recipe_file, ctx, stages)
     results = {}
     for stage in recipe.stages:
+        module = stages[stage.kind]
         stage_dir = ctx.stage_dir(stage.name)
         if (stage_dir / MARKER).exists():
             _check_same_config(stage, stage_dir, recipe_file)
             ctx.log(f"[{stage.name}] complete, skipped")
             results[stage.name] = json.loads((stage_dir / "result.json").read_text())
             continue
-        if stage.kind in RESUMED_SCORES and (stage_dir / "config.json").exists():
+        if module.RESUMES_SCORES and (stage_dir / "config.json").exists():
             _check_same_config(stage, stage_dir, recipe_file, complete=False)
         ctx.log(f"[{stage.name}] {stage.kind} …")
         if accelerator.is_main_process:
             write_json(stage_dir / "config.json", stage.model_dump(mode="json"))
         started = time.perf_counter()
         try:
-            result = STAGES[stage.kind](stage, ctx)
+            result = module.run(stage, ctx)
         except _stage_errors() as err:
             raise RecipeError([f"{recipe_file}: stages.{stage.name} ({stage.kind}): {err}"]) from err
+        finally:
+            ctx.release()  # nothing a stage prepared outlives it, also when it failed
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
         if accelerator.is_main_process:
             write_json(stage_dir / "result.json", result)
-            (stage_dir / MARKER).write_text("ok\n")
+            write_text_atomic(stage_dir / MARKER, "ok\n")
         accelerator.wait_for_everyone()
         results[stage.name] = result
     return results
@@ -179,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-        from train.planner import describe_memory
+        from longctx.train.planner import describe_memory
 
         print("plan:")
         print("\n".join(describe_plan(recipe)))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from longctx.data.samples import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -121,3 +121,36 @@ def sp_group():
     from deepspeed.runtime.sequence_parallel import parallel_state_sp
 
     return parallel_state_sp.get_sequence_parallel_group()
+
+
+SP_GROUP_NAMES = ("_SEQUENCE_PARALLEL_GROUP", "_SEQUENCE_DATA_PARALLEL_GROUP")
+"""DeepSpeed's module-level SP groups (``parallel_state_sp``): ``initialize_sequence_parallel``
+asserts they are unset, so the next training stage's ``prepare`` would fail on them."""
+
+
+def release_groups() -> None:
+    """Undo what a training stage's ``prepare`` did process-wide under Ulysses, so the next
+    training stage of the same run (and any model loaded later: eval, export) starts clean:
+
+    - DeepSpeed's SP process groups: destroyed and unset (0.19.8 unsets them only at WORLD
+      teardown; ``initialize_sequence_parallel`` asserts they are unset);
+    - the attention wrapper ``register_with_transformers`` writes over transformers'
+      ``ALL_ATTENTION_FUNCTIONS[<sdpa|flash_attention_2>]`` (a local override of the mapping):
+      deleted, which restores transformers' own function. Left in place, a second registration
+      would wrap the wrapper (the heads split twice) and eval models would all-to-all.
+    """
+    import sys
+
+    state = sys.modules.get("deepspeed.runtime.sequence_parallel.parallel_state_sp")
+    if state is None:
+        return
+    for name in SP_GROUP_NAMES:
+        group = getattr(state, name, None)
+        if group is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group(group)
+        setattr(state, name, None)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    for key in list(ALL_ATTENTION_FUNCTIONS):
+        if "UlyssesSPAttentionHF" in getattr(ALL_ATTENTION_FUNCTIONS[key], "__qualname__", ""):
+            del ALL_ATTENTION_FUNCTIONS[key]  # drops the local override only

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rope.search.dcis import DCISConfig, run_dcis
-from rope.search.evolution import EvolutionConfig, PopulationConfig, baseline_factors, run_evolution
-from rope.search.longrope2 import LongRoPE2Config, run_longrope2
-from rope.search.runner import SearchResult, readjust, resolve_config, run_search, to_spec
-from rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError
+from longctx.rope.search.dcis import DCISConfig, run_dcis
+from longctx.rope.search.evolution import EvolutionConfig, PopulationConfig, baseline_factors, run_evolution
+from longctx.rope.search.longrope2 import LongRoPE2Config, run_longrope2
+from longctx.rope.search.runner import SearchResult, readjust, resolve_config, run_search, to_spec
+from longctx.rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rope.search.evolution import baseline_factors
-from rope.search.space import Candidate, FactorSpace, SearchConfigError, check_int
+from longctx.rope.search.evolution import baseline_factors
+from longctx.rope.search.space import Candidate, FactorSpace, SearchConfigError, check_int
 
 if TYPE_CHECKING:
-    from rope.search.runner import SearchContext
-    from rope.spec import RopeSpec
+    from longctx.rope.search.runner import SearchContext
+    from longctx.rope.spec import RopeSpec
 
 DCIS_INITS = ("yarn", "pi", "ntk", "template")
 

@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rope.files import append_line, write_text_atomic
-from rope.search.evaluator import Distributed
-from rope.search.space import SearchConfigError, check_int
-from rope.spec import RopeSpec
+from longctx.rope.files import append_line, write_text_atomic
+from longctx.rope.search.evaluator import Distributed
+from longctx.rope.search.space import SearchConfigError, check_int
+from longctx.rope.spec import RopeSpec
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from rope.errors import RopeSpecError
-from rope.files import append_line, write_text_atomic
-from rope.search.space import Candidate
-from rope.search.state import HistoryStats
-from rope.spec import RopeSpec
+from longctx.rope.errors import RopeSpecError
+from longctx.rope.files import append_line, write_text_atomic
+from longctx.rope.search.space import Candidate
+from longctx.rope.search.state import HistoryStats
+from longctx.rope.spec import RopeSpec
 
 LOG_FILE = "evaluations.jsonl"
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from rope.search.space import Candidate, FactorSpace, SearchConfigError, check_int, check_prob
+from longctx.rope.search.space import Candidate, FactorSpace, SearchConfigError, check_int, check_prob
 
 if TYPE_CHECKING:
-    from rope.search.runner import SearchContext
-    from rope.spec import RopeSpec
+    from longctx.rope.search.runner import SearchContext
+    from longctx.rope.spec import RopeSpec
 
 PAPER_N_HAT = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256)
 INITS = ("paper", "yarn")
@@ -117,7 +117,7 @@ class EvolutionConfig(PopulationConfig):
 
 def baseline_factors(template: RopeSpec, method: str, **params) -> list[float]:
     """λ per pair of a stock method at the template's geometry (PI = "linear", "ntk", "yarn")."""
-    from rope.spec import RopeSpec
+    from longctx.rope.spec import RopeSpec
 
     g = template.geometry
     spec = RopeSpec(

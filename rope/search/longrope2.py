@@ -21,16 +21,16 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from rope.longrope2 import long_factor_from_upper, theoretical_critical_dim
-from rope.search.evolution import Operators, PopulationConfig, evolve
-from rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError, snap
+from longctx.rope.longrope2 import long_factor_from_upper, theoretical_critical_dim
+from longctx.rope.search.evolution import Operators, PopulationConfig, evolve
+from longctx.rope.search.space import GRID, Candidate, FactorSpace, SearchConfigError, snap
 
 SEED_STREAM = 1_000_000
 """Generation number of the seed draws (distinct from the initial mutants' stream 0)."""
 
 if TYPE_CHECKING:
-    from rope.search.runner import SearchContext
-    from rope.spec import RopeSpec
+    from longctx.rope.search.runner import SearchContext
+    from longctx.rope.spec import RopeSpec
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from rope.search.evaluator import BudgetExhausted, Distributed, Evaluator
-from rope.search.space import Candidate, SearchConfigError
-from rope.search.state import PLOT_FILE, SearchState, plot_progress
-from rope.spec import RopeSpec
+from longctx.rope.search.evaluator import BudgetExhausted, Distributed, Evaluator
+from longctx.rope.search.space import Candidate, SearchConfigError
+from longctx.rope.search.state import PLOT_FILE, SearchState, plot_progress
+from longctx.rope.spec import RopeSpec
 
 FIELDS = ("long_factor", "short_factor")
 
@@ -100,7 +100,7 @@ def resolve_config(algorithm: str, config: Any):
     fields or None (defaults); an unknown algorithm, field or config type raises
     :class:`SearchConfigError`. Ranges that depend on the template are checked later by
     ``config.validate(template, field)``."""
-    from rope.search import SEARCH_ALGORITHMS
+    from longctx.rope.search import SEARCH_ALGORITHMS
 
     if algorithm not in SEARCH_ALGORITHMS:
         raise SearchConfigError(
@@ -122,10 +122,6 @@ def resolve_config(algorithm: str, config: Any):
             f"config: expected a {entry.config.__name__} for {algorithm!r}, got {type(config).__name__}"
         )
     return entry, config
-
-
-_resolve_config = resolve_config
-"""Old private name, kept for ``train/stages.py``."""
 
 
 def check_template(template: RopeSpec, field: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rope.errors import RopeSpecError
+from longctx.rope.errors import RopeSpecError
 
 GRID = 0.01
 """Factor resolution (LongRoPE §3.2: "0.01 granularity")."""

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rope.files import write_text_atomic
-from rope.search.space import Candidate, SearchConfigError
+from longctx.rope.files import write_text_atomic
+from longctx.rope.search.space import Candidate, SearchConfigError
 
 STATE_FILE = "state.json"
 PLOT_FILE = "progress.png"

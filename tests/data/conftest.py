@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from data.sources import load_documents
-from data.tokenize import tokenize_documents
-from data.tokenizer import train_demo_tokenizer
+from longctx.data.sources import load_documents
+from longctx.data.tokenize import tokenize_documents
+from longctx.data.tokenizer import train_demo_tokenizer
 
 TEST_VOCAB = 512
 """Small vocab: trains in ~2 s and keeps the tiny test models small."""

@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from data.errors import DataError
-from data.mixed import MixedWindowSampler, Window
+from longctx.data.errors import DataError
+from longctx.data.mixed import MixedWindowSampler, Window
 
 L = 512
 WINDOWS = [Window(256, 0.5, "original"), Window(1024, 0.3, "rescaled"), Window(2048, 0.2, "rescaled")]
@@ -122,7 +122,7 @@ def test_ranks_split_the_global_stream(docs):
 
 
 def test_documents_no_window_takes_are_counted(docs, caplog):
-    with caplog.at_level(logging.WARNING, logger="data.mixed"):
+    with caplog.at_level(logging.WARNING, logger="longctx.data.mixed"):
         MixedWindowSampler(docs, [Window(256, 1.0, "original")], L, 1, 0)
     n_long = sum(len(d) > L for d in docs)
     assert f"{n_long} of {len(docs)} documents" in caplog.text and "fit no window" in caplog.text

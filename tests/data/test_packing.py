@@ -12,8 +12,8 @@ import random
 import pytest
 import torch
 
-from data.errors import DataError
-from data.packing import (
+from longctx.data.errors import DataError
+from longctx.data.packing import (
     PAD_DOC_ID,
     PackingStats,
     attention_mask_4d,
@@ -21,7 +21,7 @@ from data.packing import (
     flash_varlen_kwargs,
     pack_documents,
 )
-from data.samples import IGNORE_INDEX
+from longctx.data.samples import IGNORE_INDEX
 from tests.tiny import tiny_config, tiny_model
 
 
@@ -136,7 +136,7 @@ def test_packed_logits_equal_each_document_alone(kjv_lists, demo_tokenizer, rout
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_block_mask_matches_dense_mask(kjv_lists):
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
-    from data.packing import flex_block_mask
+    from longctx.data.packing import flex_block_mask
 
     batch = collate_rows(list(pack_documents(_random_docs(kjv_lists, 12, 40, seed=4), 64)))
     q, k, v = torch.randn(3, len(batch["input_ids"]), 2, 64, 8).unbind(0)  # [batch, heads, seq, dim]

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.corpus import load_demo_corpus
-from data.errors import DataError
-from data.sources import load_documents
+from longctx.data.corpus import load_demo_corpus
+from longctx.data.errors import DataError
+from longctx.data.sources import load_documents
 
 
 def _jsonl(path, records):
@@ -79,7 +79,7 @@ def test_parquet_without_column_names_columns(tmp_path):
 
 def test_empty_documents_are_counted_not_silently_dropped(tmp_path, caplog):
     path = _jsonl(tmp_path / "m.jsonl", [{"text": "a"}, {"text": ""}, {"text": "  "}, {"text": "b"}])
-    with caplog.at_level(logging.WARNING, logger="data.sources"):
+    with caplog.at_level(logging.WARNING, logger="longctx.data.sources"):
         ds = load_documents({"kind": "local", "path": str(path)})
     assert ds["text"] == ["a", "b"]
     assert "skipped 2 empty documents" in caplog.text and "line 2" in caplog.text

@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from data.errors import DataError
-from data.samples import IGNORE_INDEX
-from data.synthetic import RULER_TASKS, needle_ppl_sample, passkey_sample, ruler_sample
+from longctx.data.errors import DataError
+from longctx.data.samples import IGNORE_INDEX
+from longctx.data.synthetic import RULER_TASKS, needle_ppl_sample, passkey_sample, ruler_sample
 from tests.tiny import tiny_config, tiny_model
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from data.errors import DataError
-from data.tokenize import select_long_documents, tokenize_documents
+from longctx.data.errors import DataError
+from longctx.data.tokenize import select_long_documents, tokenize_documents
 
 
 def _docs(*texts):

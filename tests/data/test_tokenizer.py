@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import data.tokenizer as demo
-from data.errors import DataError
+import longctx.data.tokenizer as demo
+from longctx.data.errors import DataError
 
 
 def test_specials_and_round_trip(demo_tokenizer):

@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.data.samples import IGNORE_INDEX, SyntheticSample
 from tests.tiny import tiny_config, tiny_model
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3 match tests.tiny (pad 0, bos 1, eos 2)

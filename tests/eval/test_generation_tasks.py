@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import eval.niah
-import eval.passkey
-import eval.ruler
-from eval.generation import clean_prediction, greedy_outputs
-from eval.niah import score_niah
-from eval.passkey import passkey_correct, score_passkey
-from eval.ruler import generation_budget, score_ruler, string_match_all, string_match_part
+from longctx.eval import niah as eval_niah
+from longctx.eval import passkey as eval_passkey
+from longctx.eval import ruler as eval_ruler
+from longctx.eval.generation import clean_prediction, greedy_outputs
+from longctx.eval.niah import score_niah
+from longctx.eval.passkey import passkey_correct, score_passkey
+from longctx.eval.ruler import generation_budget, score_ruler, string_match_all, string_match_part
 from tests.eval.conftest import make_sample
 from tests.tiny import tiny_config, tiny_model
 
@@ -114,11 +114,11 @@ def test_evals_score_what_was_generated(tokenizer, monkeypatch):
     """passkey/NIAH/RULER evals pass the model's outputs to their scorers, one per sample."""
     samples = [make_sample(tokenizer, "p", a, task="niah_single", length=64) for a in ("12345", "54321")]
     fake = lambda model, tok, smp, **kw: ["12345", "wrong"][: len(smp)]  # noqa: E731
-    for module in (eval.passkey, eval.niah, eval.ruler):
+    for module in (eval_passkey, eval_niah, eval_ruler):
         monkeypatch.setattr(module, "greedy_outputs", fake)
-    assert eval.passkey.passkey_eval(None, tokenizer, samples)["accuracy"] == 50.0
-    assert eval.niah.niah_eval(None, tokenizer, samples)["scores"] == [[50.0]]
-    assert eval.ruler.ruler_eval(None, tokenizer, samples)["average"] == {64: 50.0}
+    assert eval_passkey.passkey_eval(None, tokenizer, samples)["accuracy"] == 50.0
+    assert eval_niah.niah_eval(None, tokenizer, samples)["scores"] == [[50.0]]
+    assert eval_ruler.ruler_eval(None, tokenizer, samples)["average"] == {64: 50.0}
 
 
 def test_qa_samples_fit_length_and_hold_the_gold_document(tokenizer):
@@ -130,7 +130,7 @@ def test_qa_samples_fit_length_and_hold_the_gold_document(tokenizer):
         }
         for i in range(12)
     ]
-    samples = eval.ruler.qa_samples(tokenizer, records, [400, 800], n=3, seed=1)
+    samples = eval_ruler.qa_samples(tokenizer, records, [400, 800], n=3, seed=1)
     assert len(samples) == 6
     for smp in samples:
         text = tokenizer.decode(smp.input_ids, skip_special_tokens=True)
@@ -139,4 +139,4 @@ def test_qa_samples_fit_length_and_hold_the_gold_document(tokenizer):
         assert f"was written by {author}." in text and text.endswith("Answer:")
     assert samples[3].meta["documents"] > samples[0].meta["documents"] > 1
     with pytest.raises(ValueError, match="qa data record"):
-        eval.ruler.qa_sample(tokenizer, records, 0, 50, seed=0)
+        eval_ruler.qa_sample(tokenizer, records, 0, 50, seed=0)

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-import eval.niah
-import eval.passkey
-import eval.ruler
-from eval.__main__ import main
+from longctx.eval import niah as eval_niah
+from longctx.eval import passkey as eval_passkey
+from longctx.eval import ruler as eval_ruler
+from longctx.eval.__main__ import main
 from tests.eval.conftest import assert_png
 
-pytest.importorskip("data.synthetic")
+pytest.importorskip("longctx.data.synthetic")
 
 
 def _oracle(right: bool):
@@ -24,7 +24,7 @@ def _oracle(right: bool):
 
 @pytest.mark.parametrize("right", [True, False])
 def test_generated_tasks_score_oracle_outputs(checkpoint, tmp_path, monkeypatch, right):
-    for module in (eval.passkey, eval.niah, eval.ruler):
+    for module in (eval_passkey, eval_niah, eval_ruler):
         monkeypatch.setattr(module, "greedy_outputs", _oracle(right))
     out, qa = tmp_path / "out", tmp_path / "qa.jsonl"
     qa.write_text(

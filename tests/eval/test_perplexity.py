@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-import eval.perplexity
-from data.samples import IGNORE_INDEX, SyntheticSample
-from eval.perplexity import (
+from longctx.data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.eval import perplexity as eval_perplexity
+from longctx.eval.perplexity import (
     iter_nll,
     nll_per_sample,
     perplexity,
@@ -78,13 +78,13 @@ def test_synthetic_sample_counts_only_answer_tokens(model):
 
 def test_head_sees_only_chunks_and_counted_positions(model, monkeypatch):
     seen = []
-    real = eval.perplexity._chunk_logits
+    real = eval_perplexity._chunk_logits
 
     def spy(head, hidden, buf):
         seen.append(tuple(hidden.shape))
         return real(head, hidden, buf)
 
-    monkeypatch.setattr(eval.perplexity, "_chunk_logits", spy)
+    monkeypatch.setattr(eval_perplexity, "_chunk_logits", spy)
     rows = _rows([100], seed=3)
     perplexity(model, rows, chunk_size=32)
     assert seen == [(32, 64), (32, 64), (32, 64), (3, 64)]  # 99 predicted positions

@@ -1,4 +1,4 @@
-"""Report files (JSON, markdown, valid PNGs) and the ``python -m eval`` CLI end to end."""
+"""Report files (JSON, markdown, valid PNGs) and the ``longctx eval`` CLI end to end."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from eval.__main__ import main
-from eval.models import load_model_for_eval
-from eval.report import markdown_report, write_report
+from longctx.eval.__main__ import main
+from longctx.eval.models import load_model_for_eval
+from longctx.eval.report import markdown_report, write_report
 from tests.eval.conftest import assert_png
 
 RESULTS = {
@@ -68,7 +68,7 @@ def test_load_model_for_eval_and_errors(checkpoint, tmp_path):
 
 
 def _spec(tmp_path, method, **params):
-    from rope import RopeSpec
+    from longctx.rope import RopeSpec
 
     spec = RopeSpec(
         method=method, base=10000.0, head_dim=16, original_length=128, target_length=512, params=params

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from data.samples import IGNORE_INDEX, SyntheticSample
-from eval.perplexity import perplexity
-from eval.scorer import ScorerError, build_scorer
-from rope import RopeSpec, RopeSpecError, apply_rope, factor_set
+from longctx.data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.eval.perplexity import perplexity
+from longctx.eval.scorer import ScorerError, build_scorer
+from longctx.rope import RopeSpec, RopeSpecError, apply_rope, factor_set
 from tests.tiny import tiny_config, tiny_model
 
 L = 64

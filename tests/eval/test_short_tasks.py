@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.short_tasks import local_task_config, short_task_scores
+from longctx.eval.short_tasks import local_task_config, short_task_scores
 from tests.tiny import tiny_config, tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -1,7 +1,7 @@
 """The temporary main job (``python -m rope.demo``) runs and reports every method."""
 
-from rope import ROPE_METHODS
-from rope.demo import main
+from longctx.rope import ROPE_METHODS
+from longctx.rope.demo import main
 
 
 def test_demo_runs_every_method(capsys):

@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from rope import RopeExportError, RopeSpec, RopeSpecError, apply_rope, to_hf_config
-from rope.dpe import DPEPlan, dpe_attention, remapped_positions, select_key_dims
+from longctx.rope import RopeExportError, RopeSpec, RopeSpecError, apply_rope, to_hf_config
+from longctx.rope.dpe import DPEPlan, dpe_attention, remapped_positions, select_key_dims
 from tests.tiny import tiny_config, tiny_model
 
 L = 32
@@ -84,7 +84,7 @@ def test_attention_uses_remapped_positions_beyond_the_window_for_selected_pairs_
 
 def test_query_blocks_give_the_same_attention(monkeypatch):
     """Long inputs run in query blocks (bounded memory): the result equals one block."""
-    import rope.dpe as dpe
+    import longctx.rope.dpe as dpe
 
     torch.manual_seed(1)
     n, d, window = 23, 8, 4
@@ -114,7 +114,7 @@ def test_query_blocks_give_the_same_attention(monkeypatch):
 
 def test_query_blocks_shrink_to_bound_the_score_tensor(monkeypatch):
     """Past the element budget a block has fewer rows (never under 16); the result is unchanged."""
-    import rope.dpe as dpe
+    import longctx.rope.dpe as dpe
 
     assert dpe.query_block(1, 9, 16384) == 1024  # SmolLM2 at 16k: 151 M entries, within budget
     assert dpe.query_block(1, 32, 131072) == 64  # an 8B model at 128k: 268 M entries per block
@@ -144,7 +144,7 @@ def test_query_blocks_shrink_to_bound_the_score_tensor(monkeypatch):
 def test_causal_attention_skips_future_keys_and_splits_near_far_by_band(monkeypatch, window):
     """A causal module computes only the keys a block can see and, with plain positions, takes
     the near/far band in index space; the result equals the dense reference, also when decoding."""
-    import rope.dpe as dpe
+    import longctx.rope.dpe as dpe
 
     torch.manual_seed(2)
     n, d = 24, 8

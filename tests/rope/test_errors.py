@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rope import (
+from longctx.rope import (
     RopeExportError,
     RopeSpec,
     RopeSpecError,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rope import (
+from longctx.rope import (
     SPEC_FILE,
     RopeSpec,
     ScaledRotaryEmbedding,

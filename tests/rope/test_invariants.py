@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from rope import RopeSpec, apply_rope, factor_set, from_hf_config, to_hf_config
-from rope.longrope2 import long_factor_from_upper, theoretical_critical_dim
+from longctx.rope import RopeSpec, apply_rope, factor_set, from_hf_config, to_hf_config
+from longctx.rope.longrope2 import long_factor_from_upper, theoretical_critical_dim
 from tests.tiny import tiny_config, tiny_model
 
 COMMON = dict(base=10_000.0, head_dim=64, original_length=4096)

@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from rope import RopeSpec, to_hf_config
+from longctx.rope import RopeSpec, to_hf_config
 
 BASES = [10_000.0, 500_000.0, 1_000_000.0]
 GEOMETRIES = [(64, 1.0), (128, 1.0), (96, 1.0), (128, 0.5), (80, 0.4)]  # (head_dim, partial)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from data.corpus import load_demo_corpus
+from longctx.data.corpus import load_demo_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -81,8 +81,8 @@ def longrope_model(tmp_path_factory) -> Path:
     the short ones, plus the demo tokenizer: a recipe's ``model.path`` for rescaled-row training."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from data.tokenizer import train_demo_tokenizer
-    from rope import RopeSpec, apply_rope, save_extended
+    from longctx.data.tokenizer import train_demo_tokenizer
+    from longctx.rope import RopeSpec, apply_rope, save_extended
 
     root = tmp_path_factory.mktemp("longrope")
     tok = train_demo_tokenizer(root / "tokenizer", vocab_size=512)

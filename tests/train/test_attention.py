@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data.packing import collate_rows, pack_documents
+from longctx.data.packing import collate_rows, pack_documents
+from longctx.train.attention import SEGMENTS, segment_attention, supports_segments
+from longctx.train.loop import model_inputs
 from tests.tiny import tiny_config, tiny_model
-from train.attention import SEGMENTS, segment_attention, supports_segments
-from train.loop import model_inputs
 
 
 def _batch(lengths, row_length=32, seed=0):

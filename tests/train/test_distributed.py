@@ -101,9 +101,9 @@ def _lora_stage(accum: int) -> list[dict]:
 def test_lora_under_zero3_trains_only_adapters_and_merges_them(tmp_path, tiny_corpus, longrope_model):
     from transformers import AutoModelForCausalLM
 
-    from rope import apply_rope, from_hf_config
-    from train.lora import wrap_lora
-    from train.recipe import LoraCfg
+    from longctx.rope import apply_rope, from_hf_config
+    from longctx.train.lora import wrap_lora
+    from longctx.train.recipe import LoraCfg
 
     one = model_recipe(tmp_path / "one.yaml", longrope_model, tiny_corpus, tmp_path / "one", _lora_stage(2))
     run_cli(one)

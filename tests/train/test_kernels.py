@@ -11,11 +11,11 @@ import types
 import pytest
 import torch
 
-from rope import RopeSpec, apply_rope
-from rope.install import installed_rotaries
+from longctx.rope import RopeSpec, apply_rope
+from longctx.rope.install import installed_rotaries
+from longctx.train import kernels
+from longctx.train.load import RecipeError, load_recipe
 from tests.tiny import tiny_config, tiny_model
-from train import kernels
-from train.load import RecipeError, load_recipe
 
 from .conftest import run_cli, write_recipe
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
+from longctx.train.lora import merged, trainable_names, wrap_lora
+from longctx.train.recipe import LoraCfg
 from tests.tiny import tiny_config, tiny_model
-from train.lora import merged, trainable_names, wrap_lora
-from train.recipe import LoraCfg
 
 from .conftest import run_cli, write_recipe
 

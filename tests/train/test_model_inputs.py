@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data.packing import collate_rows, pack_documents
+from longctx.data.packing import collate_rows, pack_documents
+from longctx.train.loop import model_inputs
 from tests.tiny import tiny_config, tiny_model
-from train.loop import model_inputs
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from train.context import RunContext
-from train.load import load_recipe
-from train.recipe import WindowCfg
-from train.run import make_accelerator
+from longctx.train.context import RunContext
+from longctx.train.load import load_recipe
+from longctx.train.recipe import WindowCfg
+from longctx.train.run import make_accelerator
 
 from .conftest import write_recipe
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import LlamaConfig
 
-from train.planner import GIB, ModelShape, format_plan, plan_memory
-from train.run import main
+from longctx.train.planner import GIB, ModelShape, format_plan, plan_memory
+from longctx.train.run import main
 
 LLAMA3_8B = LlamaConfig(
     hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,

@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from train.load import RecipeError, load_recipe
-from train.run import main
+from longctx.train.load import RecipeError, load_recipe
+from longctx.train.run import main
 
 from .conftest import write_recipe
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from train.load import RecipeError, load_recipe
-from train.recipe import RECIPE_SOURCE, source_stage
+from longctx.train.load import RecipeError, load_recipe
+from longctx.train.recipe import RECIPE_SOURCE, source_stage
 
 from .conftest import write_recipe
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from train.load import load_recipe
+from longctx.train.load import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").rglob("*.yaml"))
 

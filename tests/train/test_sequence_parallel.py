@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rope import RopeSpec, apply_rope, set_factor_set
-from rope.install import installed_rotaries
+from longctx.rope import RopeSpec, apply_rope, set_factor_set
+from longctx.rope.install import installed_rotaries
+from longctx.train import sequence_parallel as sp
+from longctx.train.load import RecipeError, load_recipe
 from tests.tiny import tiny_config, tiny_model
-from train import sequence_parallel as sp
-from train.load import RecipeError, load_recipe
 
 from .conftest import launch, model_recipe, run_cli
 
@@ -156,3 +156,17 @@ def test_two_process_ulysses_equals_one_process(tmp_path, tiny_corpus, longrope_
     # of a rarely seen token into ~2e-5 on its embedding row (seen: 2.4e-5 on one row of 512)
     for key, value in ref_w.items():
         torch.testing.assert_close(our_w[key], value, rtol=0, atol=5e-5, msg=key)
+
+
+def test_second_training_stage_under_ulysses_in_the_same_run(tmp_path, tiny_corpus, longrope_model):
+    """Before: the second stage's prepare failed ("sequence parallel group is already initialized")
+    and the first stage's engine stayed alive; each stage now releases its engine and SP groups."""
+    stages = [*_stage(steps=2), {**_stage(steps=2)[0], "name": "ft2"}]
+    two = model_recipe(
+        tmp_path / "two.yaml", longrope_model, tiny_corpus, tmp_path / "two", stages, sequence_parallel=2
+    )
+    launch("deepspeed_zero3_ulysses.yaml", two)
+    first = json.loads((tmp_path / "two" / "ft" / "result.json").read_text())
+    second = json.loads((tmp_path / "two" / "ft2" / "result.json").read_text())
+    assert first["steps"] == second["steps"] == 2
+    assert second["first_loss"] < first["first_loss"], "ft2 starts from ft's trained weights"

@@ -7,7 +7,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM
 
-from rope import SPEC_FILE, RopeSpec, apply_rope
+from longctx.rope import SPEC_FILE, RopeSpec, apply_rope
 
 from .conftest import REPO, run_cli, write_recipe
 

@@ -11,10 +11,10 @@ import sys
 
 import torch
 
-from eval.scorer import build_scorer
-from rope import RopeSpec
-from rope.search import DCISConfig, EvolutionConfig, run_search
-from rope.search.dpe import detect_group_scales
+from longctx.eval.scorer import build_scorer
+from longctx.rope import RopeSpec
+from longctx.rope.search import DCISConfig, EvolutionConfig, run_search
+from longctx.rope.search.dpe import detect_group_scales
 from tests.tiny import tiny_config, tiny_model
 
 L = 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from rope import RopeSpec
+from longctx.rope import RopeSpec
 
 L, TARGET, HEAD_DIM = 128, 1024, 32
 N_PAIRS = HEAD_DIM // 2

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from rope.longrope2 import ntk_fill
-from rope.search import DCISConfig, EvolutionConfig, LongRoPE2Config, baseline_factors, run_search
+from longctx.rope.longrope2 import ntk_fill
+from longctx.rope.search import DCISConfig, EvolutionConfig, LongRoPE2Config, baseline_factors, run_search
 from tests.rope.search.objectives import (
     BUMPY_TARGET,
     MONOTONE_TARGET,
@@ -142,7 +142,7 @@ def test_max_evaluations_stops_the_search():
 
 
 def _dpe_problem():
-    from rope import RopeSpec
+    from longctx.rope import RopeSpec
 
     best = [1, 2, 4, 8, 8, 4, 2, 1]
     t = RopeSpec("dpe", base=1e4, head_dim=32, original_length=128, target_length=1024,
@@ -158,7 +158,7 @@ def _dpe_problem():
 
 
 def test_dpe_detection_picks_each_groups_best_scale():
-    from rope.search.dpe import detect_group_scales
+    from longctx.rope.search.dpe import detect_group_scales
 
     t, score, best = _dpe_problem()
     result = detect_group_scales(t, score)
@@ -168,7 +168,7 @@ def test_dpe_detection_picks_each_groups_best_scale():
 
 
 def test_dpe_sweep_is_logged_and_an_interrupted_sweep_resumes(tmp_path):
-    from rope.search.dpe import SWEEP_LOG, detect_group_scales
+    from longctx.rope.search.dpe import SWEEP_LOG, detect_group_scales
 
     t, score, _ = _dpe_problem()
     want = detect_group_scales(t, score)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rope.search import (
+from longctx.rope.search import (
     DCISConfig,
     EvolutionConfig,
     LongRoPE2Config,
@@ -102,7 +102,7 @@ def test_bad_config_fails_before_any_scoring(alg, config, template_kw, match):
 
 
 def test_target_not_beyond_L_is_refused():
-    from rope import RopeSpec
+    from longctx.rope import RopeSpec
 
     short = RopeSpec("default", base=10_000.0, head_dim=32, original_length=L, target_length=L)
     with pytest.raises(SearchConfigError, match="target_length: a long-factor search needs L' > L=128"):
@@ -126,10 +126,8 @@ def test_readjust_searches_short_factor_in_a_small_range():
 
 
 def test_population_fields_are_shared_and_checked_with_the_algorithms_name():
-    from rope.search import PopulationConfig, resolve_config
-    from rope.search.runner import _resolve_config
+    from longctx.rope.search import PopulationConfig, resolve_config
 
-    assert _resolve_config is resolve_config  # the old private name stays an alias
     shared = {f.name for f in dataclasses.fields(PopulationConfig)}
     assert shared <= {f.name for f in dataclasses.fields(EvolutionConfig)}
     assert shared <= {f.name for f in dataclasses.fields(LongRoPE2Config)}

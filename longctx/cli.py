@@ -1,0 +1,44 @@
+"""``longctx run | plan | eval | reproduce``: one console script over the product's entry points.
+
+- ``longctx run RECIPE [key=value ...]`` — the chain (same as ``accelerate launch train/run.py``;
+  put it under ``accelerate launch -m longctx.cli run ...`` for several processes);
+- ``longctx plan RECIPE [--gpus N --gpu-mem GiB]`` — validate, print the plan and memory estimate;
+- ``longctx eval --model DIR ...`` — evaluate a checkpoint (or a recipe's stage) outside a recipe;
+- ``longctx reproduce [--only ...]`` — regenerate docs/REPRODUCTION.md from committed recipes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = ("run", "plan", "eval", "reproduce")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(
+            f"usage: longctx {{{'|'.join(COMMANDS)}}} ...  (longctx COMMAND --help for its options)",
+            file=sys.stderr,
+        )
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        from longctx.train.run import main as run_main
+
+        return run_main(rest)
+    if command == "plan":
+        from longctx.train.run import main as run_main
+
+        return run_main([*rest, "--dry-run"])
+    if command == "eval":
+        from longctx.eval.__main__ import main as eval_main
+
+        return eval_main(rest)
+    from longctx.benchmarks.reproduce import main as reproduce_main
+
+    return reproduce_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

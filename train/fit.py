@@ -1,0 +1,143 @@
+"""The body of a training stage (pretrain, finetune): load once → install the spec → kernels /
+LoRA → prepare → the loop → save → release.
+
+The model is loaded in the precision policy's master dtype (``train.precision``: fp32 weights
+under bf16 compute), so AdamW updates fp32 weights; compute runs under the accelerator's autocast
+(DeepSpeed: its bf16 mode, fp32 master weights and gradient accumulation). Everything the stage
+prepared — engine, optimizer, accelerate's registrations, cached device memory — is released
+before the next stage starts, so its checkpoints hold this stage's state only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from longctx.rope import RopeSpec, apply_rope
+from longctx.train.attention import SEGMENTS, segment_attention, supports_segments
+from longctx.train.context import RunContext, outside_zero_init
+from longctx.train.kernels import apply_liger
+from longctx.train.loop import train_loop
+from longctx.train.lora import merged, trainable_names, wrap_lora
+
+
+def _save_model(ctx: RunContext, model, spec: RopeSpec, stage_dir: Path, lora=None) -> None:
+    """Weights with the base config (any spec installs on it) + the spec, atomically.
+
+    LoRA: the merged weights, plus ``adapter.safetensors`` (the trained tensors: adapters and
+    LongLoRA's embed/norm). The merge runs on a plain CPU copy filled from the gathered state
+    dict, never on the engine's parameters, which ZeRO-3 may hold as empty shards.
+    """
+    ctx.accelerator.wait_for_everyone()
+    unwrapped = ctx.accelerator.unwrap_model(model)
+    state_dict = ctx.accelerator.get_state_dict(model)  # every rank: ZeRO-3 gathers the shards here
+    if ctx.accelerator.is_main_process:
+        tmp = stage_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if lora is not None:
+            trained = set(trainable_names(unwrapped))
+            adapter = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k in trained}
+            save_file(adapter, stage_dir / ".adapter.tmp")
+            os.replace(stage_dir / ".adapter.tmp", stage_dir / "adapter.safetensors")
+            unwrapped = _merged_copy(ctx, unwrapped, lora, state_dict)
+            state_dict = unwrapped.state_dict()
+        unwrapped.save_pretrained(tmp, state_dict=state_dict)
+        ctx.tokenizer().save_pretrained(tmp)
+        spec.to_json(tmp / "spec.json")
+        if (stage_dir / "model").exists():
+            shutil.rmtree(stage_dir / "model")
+        os.replace(tmp, stage_dir / "model")
+        spec.to_json(stage_dir / "spec.json")
+    ctx.accelerator.wait_for_everyone()
+
+
+def _merged_copy(ctx: RunContext, peft_model, lora, state_dict: dict):
+    """A plain (never partitioned) copy of the adapted model, its adapters folded in."""
+    from transformers import AutoModelForCausalLM
+
+    config = peft_model.get_base_model().config
+    with outside_zero_init(ctx.accelerator):
+        plain = AutoModelForCausalLM.from_config(config, dtype=peft_model.get_base_model().dtype)
+    plain = wrap_lora(plain, lora, seed=ctx.recipe.seed)
+    missing, unexpected = plain.load_state_dict({k: v.cpu() for k, v in state_dict.items()}, strict=False)
+    tied = config.tie_word_embeddings
+    missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]  # shared with the embedding
+    if missing or unexpected:
+        raise RuntimeError(
+            f"LoRA merge: gathered state dict does not fit (missing {missing}, unexpected {unexpected})"
+        )
+    return merged(plain)
+
+
+def _batches(ctx: RunContext, stage):
+    from longctx.data.mixed import MixedWindowSampler, Window
+
+    windows = [Window(length=w.length, share=w.share, rope=w.rope) for w in stage.windows]
+    sampler = MixedWindowSampler(
+        ctx.training_documents(stage.windows),
+        windows,
+        original_length=ctx.original_length,
+        micro_batch_size=stage.micro_batch_size,
+        seed=ctx.recipe.seed,
+        pad_id=ctx.tokenizer().pad_token_id or 0,
+    )
+    # the loop counts global micro-batches and splits them over ranks itself
+    return lambda micro_index: sampler.iter_from(micro_index * stage.micro_batch_size)
+
+
+def _zero3(ctx: RunContext) -> bool:
+    plugin = getattr(ctx.accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def fit(stage, ctx: RunContext, spec_of: Callable) -> dict:
+    """Train ``stage`` from its source model with the spec ``spec_of(model)``; save; release."""
+    batches = _batches(ctx, stage)  # the data first: a data error costs no model load
+    model = bare = ctx.load_model(stage, training=True)
+    spec = spec_of(model)
+    apply_rope(model, spec)
+    # on the bare model (before LoRA / the engine wrap it), after our rotary is installed
+    apply_liger(model, ctx.recipe.model.liger, lambda m: ctx.log(f"[{stage.name}] {m}"), zero3=_zero3(ctx))
+    n = ctx.recipe.sequence_parallel
+    if n > 1:
+        ctx.log(f"[{stage.name}] Ulysses sequence parallelism: each row split over {n} processes")
+        if ctx.attention == "sdpa" and any(w.rope == "original" for w in stage.windows):
+            ctx.log(
+                f"[{stage.name}] warning: under Ulysses, sdpa drops the document mask of packed rows "
+                "(they attend across documents); attention: flash keeps documents apart"
+            )
+    if stage.lora is not None:
+        model = wrap_lora(model, stage.lora, seed=ctx.recipe.seed)
+        ctx.log(f"[{stage.name}] LoRA: {len(trainable_names(model))} trainable tensors")
+    stage_dir = ctx.stage_dir(stage.name)
+    # SDPA keeps packed documents apart without a mask: one causal call per document
+    segments = ctx.attention == "sdpa" and n == 1 and supports_segments(bare)
+    if segments:
+        ctx.log(f"[{stage.name}] attention: sdpa per document ({SEGMENTS}), no mask tensor")
+    with segment_attention(bare) if segments else nullcontext():
+        result = train_loop(
+            model,
+            batches,
+            stage,
+            stage_dir,
+            ctx.accelerator,
+            varlen=ctx.attention == "flash_attention_2" or segments,
+            sequence_parallel=n,
+        )
+    _save_model(ctx, result.model, spec, stage_dir, lora=stage.lora)
+    ctx.release(result.model, model, bare)
+    return {
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "first_loss": result.losses[0] if result.losses else None,
+        "tokens": result.tokens,
+        "seconds": result.seconds,
+        "resumed_from_step": result.resumed_from,
+        "precision": ctx.precision.describe(),
+        "spec": spec.to_dict(),
+    }

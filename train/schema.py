@@ -1,0 +1,173 @@
+"""Schema pieces shared by the recipe and several stage kinds (pydantic v2, strict).
+
+Each stage kind's own settings live in its module (``train/stages/<kind>.py``); this file holds
+what more than one of them uses, and the recipe's model / tokenizer / data sections. Importing it
+imports no execution code (no accelerate, deepspeed, peft).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelInit(Strict):
+    """A Llama-family architecture to train from scratch (the tiny recipe's own base model)."""
+
+    architecture: Literal["llama", "mistral", "qwen2", "qwen3", "phi3"] = "llama"
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    rope_theta: float = Field(10_000.0, gt=1)
+    original_length: int = Field(256, gt=0)
+    """L: the length the base model is pretrained at."""
+    tie_embeddings: bool = True
+    """Share the input embedding and the LM head (fewer parameters for tiny models)."""
+
+
+class ModelCfg(Strict):
+    path: str | None = None
+    """Local directory of a transformers checkpoint (no hub downloads at run time)."""
+    gguf_file: str | None = None
+    """A GGUF file inside ``path`` (e.g. SmolLM2 shipped in a pip package)."""
+    init: ModelInit | None = None
+    """Build a fresh model from this architecture instead of loading ``path``."""
+    original_length: int | None = Field(None, gt=0)
+    """L, when the config's max_position_embeddings is not the pretraining length
+    (Mistral-7B-v0.1 says 32768 but was pretrained at 8192)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 on CUDA, float32 on CPU."""
+    attention: Literal["auto", "flash", "sdpa", "eager"] = "auto"
+    liger: Literal["auto", "on", "off"] = "auto"
+    """liger-kernel RMSNorm/SwiGLU/RoPE/fused linear cross-entropy (``train.kernels``): auto = on
+    where CUDA and the package are present, a logged fallback elsewhere; on = required."""
+    gradient_checkpointing: bool = False
+
+    @field_validator("liger", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        """YAML reads a bare ``on`` / ``off`` as a boolean: take it as the word it was."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelCfg:
+        if (self.path is None) == (self.init is None):
+            raise ValueError("set exactly one of model.path (load) or model.init (train from scratch)")
+        return self
+
+
+class TokenizerCfg(Strict):
+    path: str | None = None
+    """Local tokenizer directory; default: the model's path."""
+    demo_vocab_size: int | None = Field(None, gt=255)
+    """Train the demo byte-level BPE on the demo corpus with this vocabulary (tiny recipe)."""
+
+
+class DataCfg(Strict):
+    sources: list[dict[str, Any]] = Field(min_length=1)
+    """Each passed to ``data.sources.load_documents`` (kinds: hf, local, demo)."""
+    num_proc: int = Field(1, ge=1)
+    cache_dir: str | None = None
+    """Tokenisation cache; default ``<output_dir>/cache``."""
+    passkey_share: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of synthetic passkey documents mixed in (so a base model learns to retrieve)."""
+
+
+class WindowCfg(Strict):
+    length: int = Field(gt=0)
+    share: float = Field(gt=0.0, le=1.0)
+    rope: Literal["original", "rescaled"]
+    """original: short documents (≤ L) with the short/original factors; rescaled: long ones."""
+
+
+class LoraCfg(Strict):
+    """LoRA through peft; the stage's saved model is the merged one (stock weights)."""
+
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    trainable: list[Literal["embed", "norm"]] = []
+    """Also train these base parameters fully — LongLoRA (arXiv 2309.12307 §3.3) found trainable
+    embeddings and norms necessary for long-context adaptation with LoRA."""
+
+
+class TrainStage(Strict):
+    """What pretrain and finetune share: the optimizer, the schedule, the windows, checkpoints."""
+
+    name: str
+    model_from: str | None = None
+    """Stage whose model this one starts from; default: the latest earlier model-producing stage."""
+    steps: int = Field(gt=0)
+    micro_batch_size: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every: int = Field(10, gt=0)
+    windows: list[WindowCfg] = Field(min_length=1)
+    lora: LoraCfg | None = None
+    """Train LoRA adapters (plus ``lora.trainable`` base parameters) instead of all weights."""
+
+
+class FactorSearchSettings(Strict):
+    """What a search and a readjustment share: the model, the objective and its samples."""
+
+    name: str
+    model_from: str | None = None
+    spec_from: str | None = None
+    """An earlier spec to warm-start from (progressive extension / DCIS historical factors)."""
+    algorithm: str = "longrope2"
+    target_length: int = Field(gt=0)
+    objective: Literal["ppl", "needle_ppl"] = "needle_ppl"
+    num_samples: int = Field(4, gt=0)
+    """Documents (ppl) or needle samples (needle_ppl) the objective averages over (paper: 5 / 10)."""
+    needle_depths: list[float] = [0.2, 0.5, 0.8]
+    """Depths of the needles in each needle-driven sample (LongRoPE2 §3.2)."""
+    max_evaluations: int | None = Field(None, gt=0)
+    """Stop after this many distinct candidates (the best so far is kept)."""
+    abandon_margin: float | None = Field(None, ge=0)
+    """Stop scoring a candidate once its running perplexity exceeds the cut by this fraction."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """Algorithm parameters (population, generations, ranges...) — validated by the algorithm."""
+
+
+def declared_length(recipe) -> int | None:
+    """L when the recipe states it (``model.init`` or ``model.original_length``); else None
+    (known only from the checkpoint's config, read when the run starts)."""
+    if recipe.model.init is not None:
+        return recipe.model.init.original_length
+    return recipe.model.original_length
+
+
+def window_errors(recipe, stage: TrainStage, where: str) -> list[str]:
+    """A training stage's windows: shares sum to 1, rescaled windows longer than L."""
+    lines = []
+    total = sum(w.share for w in stage.windows)
+    if abs(total - 1.0) > 1e-6:
+        lines.append(f"{where}.windows: shares must sum to 1, got {total:g}")
+    L = declared_length(recipe)
+    for j, w in enumerate(stage.windows):
+        if L is not None and w.rope == "rescaled" and w.length <= L:
+            lines.append(f"{where}.windows[{j}].length: a rescaled window must be longer than L={L}")
+    return lines
+
+
+def train_plan(stage: TrainStage) -> str:
+    longest = max(w.length for w in stage.windows)
+    tokens = stage.steps * stage.grad_accum * stage.micro_batch_size * longest
+    windows = [(w.length, w.share, w.rope) for w in stage.windows]
+    return f"{stage.steps} steps, ≤{tokens:,} tokens/process, windows {windows}"
