@@ -16,6 +16,8 @@ attention implementation "longctx_dpe" (registered with transformers'
 each selected pair from its original position to the remapped one (rotations compose:
 ``R(p')x = R(p'−p)R(p)x``). Eager math on every device; no KV-cache / packed positions
 (keys are taken at positions ``0…k_len-1`` when their count differs from the queries').
+Whatever the model's own attention (SDPA, flash), DPE runs this kernel and its mask function
+builds no mask (:func:`no_mask`): causality is kept inside, block by block; see ``PEAK_MEMORY``.
 A stock config cannot express any of this: export raises.
 """
 
@@ -141,6 +143,13 @@ of this, blocks shrink (down to 16 rows), so one block's float32 softmax stays �
 length (an 8B model with 32 heads takes 64-row blocks at 128k instead of 16 GiB per tensor)."""
 
 
+PEAK_MEMORY = """Peak memory of one layer's call, b rows of L tokens, H heads of d dims:
+K and V repeated to H heads, K and Q rotated to far positions: 4 · b·H·L·d elements of the
+model's dtype (1 GiB each for an 8B model at 128k in bf16), plus per query block a score tensor
+of ≤ SCORE_ELEMENTS entries in the model's dtype, its float32 softmax and, in the band, two more
+of the model's dtype (≤ 3 GiB at SCORE_ELEMENTS = 2^28). No [L, L] tensor at any length."""
+
+
 def query_block(batch: int, heads: int, keys: int) -> int:
     """Rows per query block for this many key columns (``QUERY_BLOCK`` at most, 16 at least)."""
     return max(16, min(QUERY_BLOCK, SCORE_ELEMENTS // max(1, batch * heads * keys)))
@@ -167,7 +176,9 @@ def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.
     far_q = _rotate(query, dq.float())
     near_k = key_states.transpose(2, 3)
     offset = k_len - q_len  # query row r sits at key index r + offset
-    causal = bool(getattr(module, "is_causal", False)) and attention_mask is not None
+    # causality is ours: a causal module never gets a mask tensor (``no_mask``); an explicit 4-D
+    # mask (tests, padding-free decoding) is still applied on top
+    causal = bool(getattr(module, "is_causal", False))
     # Positions equal to key indices (no packing): the near/far split is a band in index space.
     plain = q_pos.shape[-1] == q_len and bool(
         (q_pos == torch.arange(offset, k_len, device=query.device)).all()
@@ -199,6 +210,12 @@ def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.
         if attention_mask is not None:
             mask = attention_mask[..., :hi]
             weights += mask if mask.shape[-2] == 1 else mask[..., rows, :]
+        elif causal and end - start > 1:  # the block's own diagonal: row r sees keys up to r + offset
+            diag = slice(start + offset, hi)
+            later = torch.arange(start + offset, hi, device=query.device)[None, :] > (
+                torch.arange(start, end, device=query.device)[:, None] + offset
+            )  # [block, block]
+            weights[..., diag].masked_fill_(later, float("-inf"))
         weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
         weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
         outs.append(torch.matmul(weights, value_states[:, :, :hi]))
@@ -208,12 +225,21 @@ def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.
     return out, (all_weights[0] if all_weights else None)
 
 
+def no_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs) -> None:
+    """The mask function of "longctx_dpe": none. :func:`dpe_attention` keeps causality itself
+    (an [L, L] mask is 32 GiB in bf16 at 128k); a padded batch cannot be expressed without one
+    and is refused."""
+    if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+        raise RopeSpecError("dpe attention: padded batches are not supported (evaluate one row at a time)")
+    return None
+
+
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_NAME, dpe_attention)
-    AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+    AttentionMaskInterface.register(ATTN_NAME, no_mask)
 
 
 def _attention_modules(model) -> list:

@@ -11,6 +11,12 @@ from pathlib import Path
 
 from torch import nn
 
+try:  # transformers 5.x configs are huggingface_hub strict dataclasses
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # pragma: no cover - older huggingface_hub
+    StrictDataclassError = ValueError
+
+from longctx.rope.errors import RopeExportError
 from longctx.rope.hf_config import to_hf_config
 from longctx.rope.install import _check_compatible, _rotary_modules
 from longctx.rope.spec import RopeSpec
@@ -25,7 +31,47 @@ def _config_for(model: nn.Module, spec: RopeSpec, hf: dict):
     config.max_position_embeddings = hf["max_position_embeddings"]
     if "original_max_position_embeddings" in hf and hasattr(config, "original_max_position_embeddings"):
         config.original_max_position_embeddings = hf["original_max_position_embeddings"]  # Phi-3
+    _check_stock_config(config, spec)
     return config
+
+
+def _config_head_dim(config) -> int | None:
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim:
+        return int(head_dim)
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    return hidden // heads if hidden and heads else None
+
+
+def _check_stock_config(config, spec: RopeSpec) -> None:
+    """Raise one :class:`RopeExportError` line if stock transformers would reject or misread ``config``.
+
+    Runs the config class's own save-time validation (transformers 5.x ``save_pretrained``
+    calls ``config.validate()``) before anything is written, so a config the class cannot
+    express never surfaces as a bare ``KeyError`` / ``ValueError`` from inside transformers.
+    """
+    model_type = getattr(config, "model_type", type(config).__name__)
+    head_dim = _config_head_dim(config)
+    if head_dim is not None and int(head_dim * spec.partial_rotary_factor) != spec.rotary_dim:
+        raise RopeExportError(
+            f"{model_type}: the config's head_dim {head_dim} × partial_rotary_factor "
+            f"{spec.partial_rotary_factor:g} rotates {int(head_dim * spec.partial_rotary_factor)} dims but "
+            f"the spec rotates {spec.rotary_dim} (head_dim {spec.head_dim}); a stock reload would compute a "
+            "different RoPE: build the spec with rope.from_hf_config(model.config)"
+        )
+    validate = getattr(config, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate()
+    except (KeyError, ValueError, TypeError, AttributeError, StrictDataclassError) as err:
+        cause = err.__cause__ if isinstance(err, StrictDataclassError) and err.__cause__ else err
+        detail = " ".join(str(cause).split())
+        raise RopeExportError(
+            f"{model_type}: transformers' {type(config).__name__} rejects the exported config "
+            f"({type(cause).__name__}: {detail}); export a spec this config class accepts or keep "
+            "loading the model through rope.apply_rope"
+        ) from err
 
 
 def _write_legacy_keys(config_path: Path, hf: dict) -> None:
@@ -43,9 +89,10 @@ def save_extended(model: nn.Module, spec: RopeSpec, out_dir: str | os.PathLike, 
     """Write weights + a stock config for ``spec`` to ``out_dir`` atomically (temp dir + rename).
 
     Raises :class:`rope.RopeExportError` when a stock config cannot express the spec
-    (n̂ > 0, a short-only attention factor), before anything is written.
+    (n̂ > 0, a short-only attention factor, a rope_type or key set the model's config class
+    rejects), before anything is written.
     """
-    hf = to_hf_config(spec)
+    hf = to_hf_config(spec, model_type=getattr(getattr(model, "config", None), "model_type", None))
     for _, _, module in _rotary_modules(model):
         _check_compatible(module, spec, model.config)
     out = Path(out_dir)

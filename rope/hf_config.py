@@ -6,6 +6,10 @@
 ``max_position_embeddings``. We write both with identical content, and always write
 ``original_max_position_embeddings`` explicitly (a known silent bug is it defaulting to
 ``max_position_embeddings``).
+
+Some config classes read more than the generic keys: transformers 5.x ``Phi3Config.validate_rope``
+(run by ``save_pretrained``) reads ``rope_parameters["partial_rotary_factor"]`` unconditionally and
+accepts only ``rope_type`` ``default`` / ``longrope``; pass ``model_type`` to get keys it accepts.
 """
 
 from __future__ import annotations
@@ -20,8 +24,19 @@ from longctx.rope.spec import RopeSpec
 HF_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 
-def to_hf_config(spec: RopeSpec) -> dict[str, Any]:
-    """Config keys that make stock transformers compute ``spec`` exactly; raises if it cannot."""
+# model_type → the rope_type values its config class accepts (absent: any HF rope_type)
+MODEL_ROPE_TYPES = {"phi3": ("default", "longrope")}
+# model types whose config reads ``rope_parameters["partial_rotary_factor"]`` even when it is 1.0
+ALWAYS_PARTIAL_ROTARY = ("phi3",)
+
+
+def to_hf_config(spec: RopeSpec, model_type: str | None = None) -> dict[str, Any]:
+    """Config keys that make stock transformers compute ``spec`` exactly; raises if it cannot.
+
+    ``model_type`` (e.g. ``model.config.model_type``) adds what that config class requires:
+    for ``phi3``, ``partial_rotary_factor`` is always in the rope dict (1.0 included), and a
+    rope_type Phi3Config rejects raises :class:`RopeExportError`. Other types are unaffected.
+    """
     if spec.n_hat:
         raise RopeExportError(
             f"n_hat={spec.n_hat}: LongRoPE start positions keep the original RoPE at the first "
@@ -29,9 +44,16 @@ def to_hf_config(spec: RopeSpec) -> dict[str, Any]:
             "perplexity first) or keep loading the model through rope.apply_rope"
         )
     params, theta, max_positions = ROPE_METHODS[spec.method].hf_parameters(spec)
+    allowed = MODEL_ROPE_TYPES.get(model_type or "")
+    if allowed is not None and params.get("rope_type") not in allowed:
+        raise RopeExportError(
+            f"model_type {model_type!r}: method {spec.method!r} exports as rope_type "
+            f"{params.get('rope_type')!r}, but its stock config accepts only {', '.join(allowed)}; "
+            "export a longrope spec or keep loading the model through rope.apply_rope"
+        )
     rope_parameters = {**params, "rope_theta": theta}
-    if spec.partial_rotary_factor != 1.0:
-        rope_parameters["partial_rotary_factor"] = spec.partial_rotary_factor
+    if spec.partial_rotary_factor != 1.0 or model_type in ALWAYS_PARTIAL_ROTARY:
+        rope_parameters["partial_rotary_factor"] = float(spec.partial_rotary_factor)
     out: dict[str, Any] = {
         "rope_parameters": rope_parameters,
         "rope_scaling": dict(rope_parameters),

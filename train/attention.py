@@ -51,10 +51,9 @@ def segment_sdpa_forward(
         raise ValueError(
             f"{SEGMENTS}: expected the batch flattened to one sequence, got batch {query.shape[0]}"
         )
-    rep = query.shape[1] // key.shape[1]
-    if rep > 1:  # GQA: SDPA's enable_gqa is not taken by every CPU/GPU kernel; expand as transformers does
-        key = key.repeat_interleave(rep, dim=1)
-        value = value.repeat_interleave(rep, dim=1)
+    # GQA: SDPA's enable_gqa (torch >= 2.5) maps query heads onto their key/value head inside the
+    # kernel, so K/V are never repeated heads/kv_heads times (math, flash and CPU flash kernels)
+    gqa = query.shape[1] != key.shape[1]
     bounds = cu.tolist()
     by_length: dict[int, list[int]] = {}
     for start, stop in pairwise(bounds):
@@ -67,7 +66,9 @@ def segment_sdpa_forward(
             q, k, v = (t[:, :, starts[0] : starts[0] + length] for t in (query, key, value))
         else:  # [documents, heads, length, head_dim]: equal-length documents in one batched call
             q, k, v = (torch.cat([t[:, :, s : s + length] for s in starts]) for t in (query, key, value))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scaling)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=True, scale=scaling, enable_gqa=gqa
+        )
         for i, s in enumerate(starts):
             pieces[s] = out[i : i + 1]
     ordered = [pieces[s] for s in sorted(pieces)]

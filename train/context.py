@@ -132,19 +132,22 @@ class RunContext:
         ``device`` (default: the accelerator's device).
         """
         kwargs = dict(dtype=self.precision.load_dtype(training), attn_implementation=self.attention)
-        if source is not None:
-            model = AutoModelForCausalLM.from_pretrained(
-                self.stage_dir(source) / "model", local_files_only=True, **kwargs
-            )
-        elif self.recipe.model.init is not None:
-            model = self._init_model(**kwargs)
-        else:
-            path = resolve_path(self.recipe_file, self.recipe.model.path)
-            model = AutoModelForCausalLM.from_pretrained(
-                path, local_files_only=True, gguf_file=self.recipe.model.gguf_file, **kwargs
-            )
-            if self.recipe.model.gguf_file is not None:
-                model = plain_from_gguf(model)
+        # a training model is loaded partitioned under ZeRO-3 (zero3_init_flag: each rank reads its
+        # shard, never the whole model); a model that runs outside the engine is loaded whole
+        with contextlib.nullcontext() if training else outside_zero_init(self.accelerator):
+            if source is not None:
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.stage_dir(source) / "model", local_files_only=True, **kwargs
+                )
+            elif self.recipe.model.init is not None:
+                model = self._init_model(**kwargs)
+            else:
+                path = resolve_path(self.recipe_file, self.recipe.model.path)
+                model = AutoModelForCausalLM.from_pretrained(
+                    path, local_files_only=True, gguf_file=self.recipe.model.gguf_file, **kwargs
+                )
+                if self.recipe.model.gguf_file is not None:
+                    model = plain_from_gguf(model)
         if training:
             if self.recipe.model.gradient_checkpointing:
                 model.gradient_checkpointing_enable()

@@ -98,11 +98,22 @@ def _zero3(ctx: RunContext) -> bool:
 def fit(stage, ctx: RunContext, spec_of: Callable) -> dict:
     """Train ``stage`` from its source model with the spec ``spec_of(model)``; save; release."""
     batches = _batches(ctx, stage)  # the data first: a data error costs no model load
-    model = bare = ctx.load_model(stage, training=True)
+    model = ctx.load_model(stage, training=True)
     spec = spec_of(model)
     apply_rope(model, spec)
     # on the bare model (before LoRA / the engine wrap it), after our rotary is installed
-    apply_liger(model, ctx.recipe.model.liger, lambda m: ctx.log(f"[{stage.name}] {m}"), zero3=_zero3(ctx))
+    unpatch = apply_liger(
+        model, ctx.recipe.model.liger, lambda m: ctx.log(f"[{stage.name}] {m}"), zero3=_zero3(ctx)
+    )
+    try:
+        return _fit(stage, ctx, model, spec, batches)
+    finally:
+        if unpatch is not None:
+            unpatch()  # liger's module-level swaps end with this stage
+
+
+def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
+    bare = model
     n = ctx.recipe.sequence_parallel
     if n > 1:
         ctx.log(f"[{stage.name}] Ulysses sequence parallelism: each row split over {n} processes")

@@ -30,6 +30,7 @@ forwards and are unaffected.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 
 import torch
@@ -65,35 +66,76 @@ def liger_flags(model: torch.nn.Module, *, zero3: bool) -> dict[str, bool]:
 
 def apply_liger(
     model: torch.nn.Module, choice: str, log: Callable[[str], None], *, zero3: bool = False
-) -> bool:
+) -> Callable[[], None] | None:
     """Patch ``model`` (the instance, before LoRA/accelerate wrap it) per ``model.liger``.
 
-    Returns whether liger was applied. ``choice``: ``off`` → nothing; ``auto`` → apply where it
-    can run, else one logged line with the reason; ``on`` → apply (validation has already
-    refused ``on`` where it cannot run; a failure here raises).
+    ``choice``: ``off`` → nothing; ``auto`` → apply where it can run, else one logged line with
+    the reason; ``on`` → apply (validation has already refused ``on`` where it cannot run; a
+    failure here raises). Returns None when nothing was applied, else ``restore``: liger also
+    swaps names in the model's ``modeling_<arch>`` module (its RMSNorm/MLP classes, the
+    module-level ``apply_rotary_pos_emb``), which would reach every model built later in the
+    process (eval, export, the LoRA merge copy). Swapped classes are put back at once (the
+    instance's modules are already patched); the functions the instance still calls through
+    the module are put back by ``restore()`` when the training stage ends. The log names what
+    was applied, found by comparing the instance and its module before and after.
     """
     if choice == "off":
-        return False
+        return None
     reason = liger_unavailable()
     if reason is not None:
         if choice == "on":
             raise RuntimeError(f"model.liger: 'on' but {reason}")
         log(f"liger: off — {reason}; using the plain torch RMSNorm/SwiGLU/RoPE/cross-entropy")
-        return False
+        return None
     try:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
     except ImportError as err:
         if choice == "on":
             raise
         log(f"liger: off — liger_kernel.transformers does not import ({err})")
-        return False
+        return None
     flags = liger_flags(model, zero3=zero3)
+    module = sys.modules.get(type(model).__module__)  # transformers.models.<arch>.modeling_<arch>
+    names_before = dict(vars(module)) if module is not None else {}
+    forwards = {name: sub.forward for name, sub in model.named_modules()}
     _apply_liger_kernel_to_instance(model=model, **flags)
+    changed = [
+        k for k, v in (vars(module).items() if module is not None else ()) if names_before.get(k) is not v
+    ]
+    for key in [k for k in changed if isinstance(names_before.get(k), type)]:
+        setattr(module, key, names_before[key])  # classes: models built from now on are transformers' own
+    functions = [k for k in changed if not isinstance(names_before.get(k), type)]
+    patched = [type(sub).__name__ for name, sub in model.named_modules() if sub.forward != forwards[name]]
+    applied = _applied_kernels(patched, functions, type(model).__name__)
+    if not applied:
+        _restore(module, names_before, functions)
+        log(f"liger: applied nothing — no liger kernels for model type {model.config.model_type!r}")
+        return None
     notes = []
     if not flags["rope"]:
         notes.append("RoPE kernel off (partial rotary)")
     if not flags["fused_linear_cross_entropy"]:
         notes.append("fused linear CE off under ZeRO-3")
-    kernels = [k for k, on in flags.items() if on]
-    log(f"liger: applied {', '.join(kernels)}" + (f" ({'; '.join(notes)})" if notes else ""))
-    return True
+    log(f"liger: applied {', '.join(applied)}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return lambda: _restore(module, names_before, functions)
+
+
+def _applied_kernels(patched: list[str], functions: list[str], model_class: str) -> list[str]:
+    """What liger changed, by kind: module forwards it rebound, module functions it swapped."""
+    out = []
+    for label, suffix in (("rms_norm", "RMSNorm"), ("swiglu", "MLP")):
+        count = sum(name.endswith(suffix) for name in patched)
+        if count:
+            out.append(f"{label} ×{count}")
+    out += [f"rope ({name})" for name in functions if "rotary" in name]
+    if model_class in patched:
+        out.append("fused_linear_cross_entropy")
+    return out
+
+
+def _restore(module, names_before: dict, functions: list[str]) -> None:
+    for key in functions:
+        if key in names_before:
+            setattr(module, key, names_before[key])
+        else:
+            delattr(module, key)

@@ -295,11 +295,18 @@ def _stage_errors(recipe: Recipe, source: str) -> list[str]:
     return lines
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), *, check_files: bool = True) -> Recipe:
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] = (),
+    *,
+    check_files: bool = True,
+    check_environment: bool | None = None,
+) -> Recipe:
     """Parse, override, validate. Raises :class:`RecipeError` with every problem found.
 
-    ``check_files=False`` skips checking that local model/tokenizer paths exist and that this
-    machine can run what the recipe demands (to validate a real recipe elsewhere).
+    ``check_files=False`` skips checking that local model/tokenizer paths exist;
+    ``check_environment`` (default: ``check_files``) that this machine can run what the recipe
+    demands — off to validate or plan a GPU recipe elsewhere (``--dry-run``).
     """
     path = Path(path)
     source = str(path)
@@ -322,7 +329,9 @@ def load_recipe(path: str | Path, overrides: list[str] = (), *, check_files: boo
     lines = _reference_errors(recipe, source) + _stage_errors(recipe, source)
     lines += _sequence_parallel_errors(recipe, source)
     if check_files:
-        lines += _file_errors(recipe, source, path) + _environment_errors(recipe, source)
+        lines += _file_errors(recipe, source, path)
+    if check_files if check_environment is None else check_environment:
+        lines += _environment_errors(recipe, source)
     if lines:
         raise RecipeError(lines)
     return recipe

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from longctx.data.packing import attention_mask_4d, flash_varlen_kwargs
+from longctx.data.samples import IGNORE_INDEX
 from longctx.rope import set_factor_set
 from longctx.train import sequence_parallel as sp
 from longctx.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
@@ -110,21 +111,33 @@ def _own_batches(batches_from: Callable[[int], Iterator[dict]], start: int, layo
             yield batch
 
 
-def _forward_loss(model, batch: dict, layout: sp.SPLayout, varlen: bool, device) -> torch.Tensor:
-    """The micro-batch's loss: the model's own, or under SP this rank's shard reduced over the group."""
+def label_tokens(batch: dict, varlen: bool) -> int:
+    """Tokens a micro-batch's loss counts: labels after the causal shift, as transformers' loss
+    shifts the rows it is given (``model_inputs``), without the ignored ones."""
+    labels = model_inputs(batch, varlen)["labels"] if varlen else batch["labels"]
+    return int((labels[..., 1:] != IGNORE_INDEX).sum())
+
+
+def _forward_loss(
+    model, batch: dict, layout: sp.SPLayout, varlen: bool, device, step_tokens: torch.Tensor
+) -> torch.Tensor:
+    """The micro-batch's share of the step's token-weighted loss: (sum of its token losses) /
+    (tokens of the whole optimizer step, over every micro-batch and process). Summed over the
+    step's micro-batches and processes this is the step's mean token loss, whatever the rows'
+    lengths: a token of an 8k row weighs what a token of a 128k row does."""
     if layout.size == 1:
         inputs = {
             k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch, varlen).items()
         }
-        return model(**inputs).loss
+        return model(**inputs, num_items_in_batch=step_tokens).loss  # transformers: sum / num_items_in_batch
     part = sp.shard(batch, layout.rank, layout.size)
     # no attention_mask: Ulysses drops masks built for a shard; flash finds documents from the
     # (gathered, per-document) position ids, sdpa applies a plain causal mask to the whole row
     out = model(
         input_ids=part["input_ids"].to(device), position_ids=part["position_ids"].to(device), use_cache=False
     )
-    total, count = sp.loss_sum(out.logits, part["shift_labels"].to(device))
-    return sp.group_mean(total, count, sp.sp_group())
+    total, _ = sp.loss_sum(out.logits, part["shift_labels"].to(device))
+    return sp.group_sum(total, sp.sp_group()) / step_tokens
 
 
 def _log(metrics_file: Path, record: dict, accelerator: Accelerator) -> None:
@@ -175,28 +188,37 @@ def train_loop(
     last_good = (list_checkpoints(ckpt_root) or [None])[-1]
     while step < cfg.steps:
         step_loss, step_tokens = 0.0, 0
-        for _ in range(cfg.grad_accum):
-            batch = next(stream)
+        micro = [next(stream) for _ in range(cfg.grad_accum)]
+        # the step's label tokens over every process (an SP group's ranks share their rows)
+        counted = torch.tensor(float(sum(label_tokens(b, varlen) for b in micro)), device=accelerator.device)
+        counted = accelerator.reduce(counted, "sum") / layout.size
+        for batch in micro:
             # the GLOBAL row's kind, before any SP slicing: every shard uses the row's factor set
             set_factor_set(accelerator.unwrap_model(model), batch["row_kind"])
             # accelerate decides the accumulation boundary (and DeepSpeed steps its engine there)
             with accelerator.accumulate(model):
-                loss = _forward_loss(model, batch, layout, varlen, accelerator.device)
+                loss = _forward_loss(model, batch, layout, varlen, accelerator.device, counted.clamp(min=1))
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"{stage_dir.name}: loss is {loss.item()} at step {step + 1} (row kind {batch['row_kind']}); "
                         f"stopped. Last good checkpoint: {last_good or 'none'}. Lower lr or check the data."
                     )
-                accelerator.backward(loss)
+                # DDP / DeepSpeed average gradients over the data-parallel ranks and accelerate
+                # divides by grad_accum: undo both, so the step's gradient is that of its mean token loss
+                accelerator.backward(loss * layout.dp_size * cfg.grad_accum)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.item() / cfg.grad_accum
+            step_loss += loss.item()
             step_tokens += int(batch["input_ids"].numel())
         scheduler.step()
         step += 1
-        step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
+        # each process holds its micro-batches' shares of the step's mean token loss (an SP group's
+        # ranks the same shares): the sum over processes / SP size is the step's mean token loss
+        step_loss = (
+            accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item() / layout.size
+        )
         losses.append(step_loss)
         tokens += step_tokens * layout.dp_size
         run_tokens += step_tokens * layout.dp_size

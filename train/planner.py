@@ -1,19 +1,27 @@
 """Memory planner for ``--dry-run``: per-GPU memory of a training stage under each launch config.
 
-Estimates (bytes per GPU, N GPUs, bf16 mixed precision with AdamW — ZeRO paper, Rajbhandari
-et al., arXiv 1910.02054 §3: 2 B weights + 2 B grads + 12 B fp32 master/m/v = 16 B/param):
+Estimates (bytes per GPU, N GPUs, bf16 compute with fp32 master weights and AdamW — ZeRO paper,
+Rajbhandari et al., arXiv 1910.02054 §3: 16 B/param of model states):
 
 - DDP: 16·P on every GPU; ZeRO-2: 2·P + 14·P/N; ZeRO-3: 16·P/N; ZeRO-3 + offload: ≈ 0 for
-  the model states (host RAM takes 14·P/N + the 2·P weights);
-- activations for one row of T tokens: with gradient checkpointing, each layer keeps its input
-  (2·T·h bytes) plus one layer's working set recomputed (≈ 34·T·h bytes, Korthikanti et al.,
+  the model states (host RAM takes them);
+- activations for one row of T tokens, t = T / S per GPU under Ulysses sequence parallelism of
+  degree S (``sequence_parallel``): with gradient checkpointing, each layer keeps its input
+  (2·t·h bytes) plus one layer's working set recomputed (≈ 34·t·h bytes, Korthikanti et al.,
   arXiv 2205.05198 Table 2, attention scores not materialised by flash/SDPA); without it, every
   layer's working set;
-- logits + loss: the LM head's fp32 logits and their gradient, 8·T·V bytes — the term that
-  dominates at 128k (liger's fused linear cross-entropy removes it).
+- logits + loss: materialised, the bf16 logits, their fp32 upcast and gradient, 8·t·V bytes —
+  the term that dominates at 128k. liger's fused linear cross-entropy (``model.liger`` on/auto,
+  a GPU launch) computes them a chunk at a time: ≈ 8·t·h bytes (its chunk is t·h/V rows of V
+  logits, plus the hidden-state gradient). It applies where ``lm_head`` is whole and the loss is
+  the model's own: not under ZeRO-3 (liger reads the sharded weight; ``train.kernels``) and not
+  under sequence parallelism (the loop computes the shard's loss from its logits).
 
-These are estimates (±20 %): they ignore fragmentation, communication buffers and kernels'
-workspace. They are meant to pick a launch config before a GPU-hour is spent.
+Sequence parallelism runs under ``deepspeed_zero3_ulysses.yaml`` (ZeRO-3 + Ulysses); with
+``sequence_parallel: S > 1`` the other configs are shown as not applicable. These are estimates
+(±20 %): they ignore fragmentation, communication buffers and kernels' workspace. They are meant
+to pick a launch config before a GPU-hour is spent; each real recipe's launch line names the
+config this plan says fits (tests/train/test_planner.py).
 """
 
 from __future__ import annotations
@@ -21,8 +29,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GIB = 1024**3
-STATES_PER_PARAM = {"multi_gpu_ddp": (16, 0), "deepspeed_zero2": (2, 14), "deepspeed_zero3": (0, 16)}
-"""config → (bytes per parameter on every GPU, bytes per parameter sharded over the N GPUs)."""
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    name: str
+    full: int
+    """Bytes per parameter of model states on every GPU."""
+    sharded: int
+    """Bytes per parameter of model states split over the N GPUs (0: offloaded)."""
+    zero3: bool = False
+    deepspeed: bool = True
+    ulysses: bool = False
+
+
+LAUNCH_CONFIGS = (
+    LaunchConfig("multi_gpu_ddp", 16, 0, deepspeed=False),
+    LaunchConfig("deepspeed_zero2", 2, 14),
+    LaunchConfig("deepspeed_zero3", 0, 16, zero3=True),
+    LaunchConfig("deepspeed_zero3_ulysses", 0, 16, zero3=True, ulysses=True),
+    LaunchConfig("deepspeed_zero3_offload", 0, 0, zero3=True),
+)
+"""In order of speed: the plan recommends the first one that fits."""
 
 
 @dataclass(frozen=True)
@@ -52,20 +80,37 @@ def activation_bytes(shape: ModelShape, tokens: int, checkpointing: bool) -> int
 
 
 def plan_memory(
-    shape: ModelShape, tokens: int, *, gpus: int, checkpointing: bool, gpu_gib: float
+    shape: ModelShape,
+    tokens: int,
+    *,
+    gpus: int,
+    checkpointing: bool,
+    gpu_gib: float,
+    fused_loss: bool = False,
+    sequence_parallel: int = 1,
 ) -> list[dict]:
-    """One row per launch config: GiB per GPU by part, and whether it fits ``gpu_gib``."""
-    act = activation_bytes(shape, tokens, checkpointing)
-    logits = 8 * tokens * shape.vocab
+    """One row per launch config: GiB per GPU by part, and whether it fits ``gpu_gib``.
+
+    ``fused_loss``: liger's fused linear cross-entropy is available (where it applies, see the
+    module docstring). ``sequence_parallel``: the recipe's Ulysses degree S.
+    """
     rows = []
-    for config, (full, sharded) in STATES_PER_PARAM.items():
-        states = shape.params * (full + sharded / gpus)
+    for cfg in LAUNCH_CONFIGS:
+        sp = sequence_parallel if cfg.ulysses else 1
+        if cfg.ulysses and sequence_parallel == 1:
+            continue  # the Ulysses config is for recipes that set sequence_parallel
+        note = ""
+        if sequence_parallel > 1 and not cfg.ulysses:
+            note = "n/a: sequence_parallel launches with deepspeed_zero3_ulysses"
+        t = tokens // sp
+        act = activation_bytes(shape, t, checkpointing)
+        fused = fused_loss and not cfg.zero3 and sp == 1
+        logits = 8 * t * (shape.hidden if fused else shape.vocab)
+        states = shape.params * (cfg.full + cfg.sharded / gpus)
         total = states + act + logits
-        rows.append({"config": config, "states": states / GIB, "activations": act / GIB,
-                     "logits": logits / GIB, "total": total / GIB, "fits": total <= gpu_gib * GIB})  # fmt: skip
-    act_offload = act + logits
-    rows.append({"config": "deepspeed_zero3_offload", "states": 0.0, "activations": act / GIB,
-                 "logits": logits / GIB, "total": act_offload / GIB, "fits": act_offload <= gpu_gib * GIB})  # fmt: skip
+        rows.append({"config": cfg.name, "states": states / GIB, "activations": act / GIB, "logits": logits / GIB,
+                     "fused_loss": fused, "sequence_parallel": sp, "total": total / GIB,
+                     "fits": not note and total <= gpu_gib * GIB, "note": note})  # fmt: skip
     return rows
 
 
@@ -79,9 +124,16 @@ def format_plan(rows: list[dict], *, params: int, tokens: int, gpus: int, gpu_gi
         f"  {'accelerate config':<26} {'states':>8} {'activ.':>8} {'logits':>8} {'total':>8}  fits",
     ]
     for r in rows:
+        how = []
+        if r.get("fused_loss"):
+            how.append("liger fused loss")
+        if r.get("sequence_parallel", 1) > 1:
+            how.append(f"rows split over {r['sequence_parallel']} GPUs")
+        extra = f"  ({'; '.join(how)})" if how else ""
+        fits = r.get("note") or ("yes" if r["fits"] else "no")
         lines.append(
             f"  {r['config']:<26} {r['states']:>7.1f}G {r['activations']:>7.1f}G {r['logits']:>7.1f}G "
-            f"{r['total']:>7.1f}G  {'yes' if r['fits'] else 'no'}"
+            f"{r['total']:>7.1f}G  {fits}{extra}"
         )
     fitting = [r["config"] for r in rows if r["fits"]]
     if fitting:
@@ -120,7 +172,9 @@ def recipe_model_shape(recipe, recipe_file) -> tuple[ModelShape | None, str]:
 
 
 def describe_memory(recipe, recipe_file, *, gpus: int, gpu_gib: float) -> list[str]:
-    stages = [s for s in recipe.stages if s.kind in ("pretrain", "finetune")]
+    from longctx.train.stages import trains
+
+    stages = [s for s in recipe.stages if trains(s)]
     if not stages:
         return ["memory plan: no training stage"]
     shape, why = recipe_model_shape(recipe, recipe_file)
@@ -128,6 +182,7 @@ def describe_memory(recipe, recipe_file, *, gpus: int, gpu_gib: float) -> list[s
         return [f"memory plan: skipped ({why})"]
     tokens = max(w.length * s.micro_batch_size for s in stages for w in s.windows)
     rows = plan_memory(
-        shape, tokens, gpus=gpus, checkpointing=recipe.model.gradient_checkpointing, gpu_gib=gpu_gib
-    )
+        shape, tokens, gpus=gpus, checkpointing=recipe.model.gradient_checkpointing, gpu_gib=gpu_gib,
+        fused_loss=recipe.model.liger != "off", sequence_parallel=recipe.sequence_parallel,
+    )  # fmt: skip
     return format_plan(rows, params=shape.params, tokens=tokens, gpus=gpus, gpu_gib=gpu_gib)

@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_intermixed_args(argv)
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        # a plan is made anywhere (a laptop plans a GPU run): only running checks this machine
+        recipe = load_recipe(args.recipe, args.overrides, check_environment=not args.dry_run)
     except RecipeError as err:
         for line in err.lines:
             print(line, file=sys.stderr)

@@ -100,6 +100,15 @@ def loss_sum(logits: torch.Tensor, shifted: torch.Tensor) -> tuple[torch.Tensor,
     return total, (shifted != IGNORE_INDEX).sum().to(total.device)
 
 
+def group_sum(total: torch.Tensor, group=None) -> torch.Tensor:
+    """Σ of the group's shard sums on every rank (differentiable all-reduce; see :func:`group_mean`)."""
+    if group is None:
+        return total
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(total, group=group)
+
+
 def group_mean(total: torch.Tensor, count: torch.Tensor, group=None) -> torch.Tensor:
     """The token-weighted mean over the SP group: Σ sums / Σ counts (differentiable all-reduce).
 

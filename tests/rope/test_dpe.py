@@ -216,3 +216,58 @@ def test_cached_decoding_logits_equal_the_full_forward():
             )
             steps.append(out.logits[:, -1])
     assert torch.allclose(torch.stack(steps, 1), full[:, 89:], atol=1e-5, rtol=0)
+
+
+def test_16k_without_a_mask_matches_the_dense_reference():
+    """At 16k tokens the model gets no mask tensor (causality inside the kernel, block by block);
+    rows at the start, middle and end equal the dense two-part reference for those rows."""
+    import longctx.rope.dpe as dpe
+
+    torch.manual_seed(4)
+    n, d, window = 16384, 8, 1024
+    inv = 1.0 / (10_000.0 ** (torch.arange(0, d, 2).double() / d))
+    scales = torch.tensor([1.0, 4.0, 8.0, 16.0])
+    q0, k0, v = (torch.randn(1, 1, n, d) for _ in range(3))
+    module = types.SimpleNamespace(
+        _longctx_dpe=DPEPlan(inv, scales, window), num_key_value_groups=1, training=False, is_causal=True
+    )
+    pos = torch.arange(n).double()
+    plain = pos[:, None].expand(n, d // 2)
+    q, k = _rope(q0.double(), plain, inv).float(), _rope(k0.double(), plain, inv).float()
+    out, _ = dpe.dpe_attention(module, q, k, v, None, d**-0.5)  # [1, n, 1, d]
+    qf = torch.stack([pos // s + window - window // s for s in scales], -1)
+    kf = _rope(k0.double(), torch.stack([pos // s for s in scales], -1), inv)
+    for rows in (slice(0, 256), slice(8000, 8256), slice(n - 256, n)):
+        r = torch.arange(n)[rows]
+        near = q.double()[:, :, rows] @ k.double().transpose(2, 3)
+        far = _rope(q0.double()[:, :, rows], qf[rows], inv) @ kf.transpose(2, 3)
+        scores = torch.where((r[:, None] - torch.arange(n)[None]) < window, near, far) * d**-0.5
+        scores = scores.masked_fill(torch.arange(n)[None] > r[:, None], float("-inf"))
+        want = torch.softmax(scores, -1) @ v.double()
+        torch.testing.assert_close(out[0, rows, 0].double(), want[0, 0], atol=2e-5, rtol=0)
+
+
+def test_the_model_builds_no_mask_for_dpe_and_refuses_padding(monkeypatch):
+    import longctx.rope.dpe as dpe
+
+    seen = []
+    real = dpe.dpe_attention
+
+    def spy(module, query, key, value, attention_mask, *args, **kwargs):
+        seen.append(attention_mask)
+        return real(module, query, key, value, attention_mask, *args, **kwargs)
+
+    model = tiny_model(tiny_config("llama", max_position_embeddings=L, attn_implementation="sdpa"))
+    plain = _logits(model)
+    from transformers import AttentionInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, dpe.ATTN_NAME, spy)
+    apply_rope(model, _dpe())
+    monkeypatch.setitem(AttentionInterface._global_mapping, dpe.ATTN_NAME, spy)  # _register ran again
+    assert torch.allclose(_logits(model), plain, atol=1e-5)  # all scales 1: the sdpa model's logits
+    assert seen and all(m is None for m in seen)
+    ids = torch.randint(3, 128, (1, 16))
+    with pytest.raises(RopeSpecError, match="padded"):
+        model(input_ids=ids, attention_mask=torch.tensor([[0] * 4 + [1] * 12]))
+    apply_rope(model, RopeSpec("default", base=10_000.0, head_dim=16, original_length=L, target_length=L))
+    assert model.config._attn_implementation == "sdpa"  # baselines run on the model's own attention

@@ -21,13 +21,31 @@ from .conftest import run_cli, write_recipe
 
 
 def _fake_liger(monkeypatch) -> list[dict]:
-    """CUDA visible and a liger_kernel whose instance patcher records its calls."""
+    """CUDA visible and a liger_kernel whose instance patcher records its calls and changes what
+    liger changes: the instance's RMSNorm / MLP forwards and (fused CE) the model's forward, and —
+    process-wide — the modeling module's RMSNorm class and ``apply_rotary_pos_emb``."""
     calls: list[dict] = []
+
+    def patch(model, **flags):
+        calls.append({"model": model, **flags})
+        module = sys.modules[type(model).__module__]
+        if model.config.model_type not in ("llama", "phi3", "mistral", "qwen2", "qwen3"):
+            return  # liger logs a warning and patches nothing for a type it does not know
+        if flags["rope"]:
+            monkeypatch.setattr(module, "apply_rotary_pos_emb", lambda *a, **k: None)
+        for sub in model.modules():
+            name = type(sub).__name__
+            if (flags["rms_norm"] and name.endswith("RMSNorm")) or (flags["swiglu"] and name.endswith("MLP")):
+                sub.forward = types.MethodType(lambda self, x: x, sub)
+        if flags["rms_norm"]:
+            norm = next(k for k in vars(module) if k.endswith("RMSNorm"))
+            monkeypatch.setattr(module, norm, type("LigerRMSNorm", (torch.nn.Module,), {}))
+        if flags["fused_linear_cross_entropy"]:
+            model.forward = types.MethodType(lambda self, **kw: None, model)
+
     package = types.ModuleType("liger_kernel")
     transformers_mod = types.ModuleType("liger_kernel.transformers")
-    transformers_mod._apply_liger_kernel_to_instance = lambda model, **flags: calls.append(
-        {"model": model, **flags}
-    )
+    transformers_mod._apply_liger_kernel_to_instance = patch
     package.transformers = transformers_mod
     monkeypatch.setitem(sys.modules, "liger_kernel", package)
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", transformers_mod)
@@ -74,16 +92,45 @@ def test_auto_falls_back_with_a_log_line_and_trains(tmp_path, tiny_corpus):
 def test_apply_calls_liger_on_the_instance_with_all_kernels(monkeypatch):
     calls = _fake_liger(monkeypatch)
     model, logged = tiny_model(tiny_config("llama")), []
-    assert kernels.apply_liger(model, "auto", logged.append) is True
+    assert kernels.apply_liger(model, "auto", logged.append) is not None
     assert len(calls) == 1 and calls[0].pop("model") is model
     assert calls[0] == {
         "rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": True,
     }  # fmt: skip
-    assert logged and logged[0].startswith("liger: applied")
+    # the log names what was found applied: 2 layers x 2 norms + the final norm, 2 MLPs
+    assert logged == [
+        "liger: applied rms_norm ×5, swiglu ×2, rope (apply_rotary_pos_emb), fused_linear_cross_entropy"
+    ]
     # off never touches it; ZeRO-3 keeps the fused CE off (lm_head.weight is a shard there)
-    assert kernels.apply_liger(model, "off", logged.append) is False and len(calls) == 1
-    kernels.apply_liger(model, "on", logged.append, zero3=True)
+    assert kernels.apply_liger(model, "off", logged.append) is None and len(calls) == 1
+    kernels.apply_liger(tiny_model(tiny_config("llama")), "on", logged.append, zero3=True)
     assert calls[1]["fused_linear_cross_entropy"] is False and calls[1]["rms_norm"] is True
+    assert "fused_linear_cross_entropy" not in logged[-1].split("(")[0]
+
+
+def test_liger_stays_on_the_training_model(monkeypatch):
+    """Models built later in the process (eval, export, the LoRA merge copy) get transformers' own
+    classes at once, and its own apply_rotary_pos_emb once the stage calls restore()."""
+    import transformers.models.llama.modeling_llama as modeling
+
+    original_norm, original_rope = modeling.LlamaRMSNorm, modeling.apply_rotary_pos_emb
+    _fake_liger(monkeypatch)
+    restore = kernels.apply_liger(tiny_model(tiny_config("llama")), "on", lambda m: None)
+    assert modeling.LlamaRMSNorm is original_norm
+    later = tiny_model(tiny_config("llama"))
+    assert all(type(m).__name__ != "LigerRMSNorm" for m in later.modules())
+    assert modeling.apply_rotary_pos_emb is not original_rope  # the training model still uses it
+    restore()
+    assert modeling.apply_rotary_pos_emb is original_rope
+
+
+def test_an_unknown_model_type_is_logged_as_nothing_applied(monkeypatch):
+    _fake_liger(monkeypatch)
+    model = tiny_model(tiny_config("llama"))
+    model.config.model_type = "somethingnew"
+    logged = []
+    assert kernels.apply_liger(model, "auto", logged.append) is None
+    assert logged == ["liger: applied nothing — no liger kernels for model type 'somethingnew'"]
 
 
 def test_partial_rotary_models_keep_our_rope_path(monkeypatch):
@@ -100,7 +147,7 @@ def test_on_without_the_package_raises_at_apply(monkeypatch):
     with pytest.raises(ImportError):
         kernels.apply_liger(tiny_model(tiny_config("llama")), "on", lambda m: None)
     logged = []
-    assert kernels.apply_liger(tiny_model(tiny_config("llama")), "auto", logged.append) is False
+    assert kernels.apply_liger(tiny_model(tiny_config("llama")), "auto", logged.append) is None
     assert "does not import" in logged[0]
 
 
