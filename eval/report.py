@@ -9,6 +9,11 @@ where ``result`` is what the ``eval.tasks.EVAL_TASKS`` function returned: ``ppl`
 ``eval.niah.score_niah``; ``ruler`` → ``eval.ruler.score_ruler``; ``short`` →
 ``eval.short_tasks.short_task_scores``. Plots: perplexity vs length (one line per run), passkey
 accuracy by length, RULER average by length, one NIAH heatmap per run.
+
+RULER gets one section per run: its effective length first, then task × length scores with
+the 13-task average row ("n/a (missing: …)" where a task did not run, e.g. QA without local
+data) and the mean over the tasks that ran. Both are recomputed from the per-task scores
+(``eval.ruler.length_summary``), so results written before these fields existed still read.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from longctx.eval.ruler import RULER_13, RULER_THRESHOLD, effective_length, length_summary
 from longctx.rope.files import write_text_atomic
 
 
@@ -53,7 +59,7 @@ def _num(x: float) -> str:
 SERIES = {
     "ppl": ("Perplexity", "by_length", lambda v: v["ppl"], 2),
     "passkey": ("Passkey accuracy (%)", "by_length", lambda v: v, 1),
-    "ruler": ("RULER average (%)", "average", lambda v: v, 1),
+    "ruler": ("RULER average over the tasks that ran (%)", "average", lambda v: v, 1),
 }
 """Per-length tasks: (title, key of the per-length mapping, value of one entry, decimals)."""
 
@@ -75,6 +81,75 @@ def _length_table(title: str, series: dict, digits: int) -> list[str]:
     for name, s in series.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(s.get(n), digits) for n in lengths) + " |")
     return [*lines, ""]
+
+
+def _ruler_view(result: dict) -> dict | None:
+    """Per-length summaries and effective lengths of a ``score_ruler`` result; None without scores."""
+    per_task = result.get("tasks") or {}
+    if not per_task:
+        return None
+    suite = list(result.get("suite") or RULER_13)
+    lengths = sorted({int(float(n)) for by_len in per_task.values() for n in by_len})
+    by_length = {n: length_summary(per_task, n, suite) for n in lengths}
+    threshold = result.get("threshold", RULER_THRESHOLD)
+    return {
+        "suite": suite,
+        "lengths": lengths,
+        "by_length": by_length,
+        "threshold": threshold,
+        "effective_length": effective_length({n: v["average_13"] for n, v in by_length.items()}, threshold),
+        "effective_length_ran": effective_length(
+            {n: v["average_ran"] for n, v in by_length.items()}, threshold
+        ),
+        "missing": [t for t in suite if any(t in v["missing"] for v in by_length.values())],
+    }
+
+
+def _ruler_effective(view: dict, *, long: bool = True) -> str:
+    """``**Effective length: N**`` (or none / n/a) and, when tasks are missing, which and what the
+    tasks that ran give."""
+    eff, n_suite = view["effective_length"], len(view["suite"])
+    head = _num(eff) if eff is not None else ("n/a" if view["missing"] else "none")
+    if not long:
+        return head + (f" (missing: {', '.join(view['missing'])})" if view["missing"] else "")
+    line = (
+        f"**Effective length: {head}** (the longest length whose {n_suite}-task average, and every "
+        f"shorter length's, is above {view['threshold']:g})"
+    )
+    if view["missing"]:
+        incomplete = [_num(n) for n, v in view["by_length"].items() if v["missing"]]
+        ran = view["effective_length_ran"]
+        line += (
+            f"; the {n_suite}-task average is incomplete at {', '.join(incomplete)} (missing: "
+            f"{', '.join(view['missing'])}); over the tasks that ran: {_num(ran) if ran is not None else 'none'}"
+        )
+    return line
+
+
+def _ruler_tables(results: dict) -> list[str]:
+    lines = []
+    for run in results["runs"]:
+        view = _ruler_view(run["tasks"].get("ruler") or {})
+        if view is None:
+            continue
+        per_task = run["tasks"]["ruler"]["tasks"]
+        lengths, by_length = view["lengths"], view["by_length"]
+        extra = sorted(t for t in per_task if t not in view["suite"])
+        lines += [f"## RULER — {run['name']}", "", _ruler_effective(view), ""]
+        lines.append("| task | " + " | ".join(_num(n) for n in lengths) + " |")
+        lines.append("|---|" + "---:|" * len(lengths))
+        for task in view["suite"] + extra:
+            scores = {int(float(n)): v for n, v in per_task.get(task, {}).items()}
+            cells = [_fmt(scores[n], 1) if n in scores else "not run" for n in lengths]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        avg = [
+            _fmt(v["average_13"], 1) if not v["missing"] else f"n/a (missing: {', '.join(v['missing'])})"
+            for v in by_length.values()
+        ]
+        lines.append(f"| **average ({len(view['suite'])} tasks)** | " + " | ".join(avg) + " |")
+        ran = [f"{_fmt(v['average_ran'], 1)} ({len(v['ran'])})" for v in by_length.values()]
+        lines += ["| average (tasks that ran) | " + " | ".join(ran) + " |", ""]
+    return lines
 
 
 def _niah_tables(results: dict) -> list[str]:
@@ -109,16 +184,18 @@ def markdown_report(results: dict) -> str:
     """The markdown tables of every task present in ``results``."""
     lines = ["# Evaluation report", ""]
     for run in results["runs"]:
+        view = _ruler_view(run["tasks"].get("ruler") or {})
         lines.append(
             f"- **{run['name']}**: model `{run['model']}`"
             + (f", spec `{run['spec']}`" if run.get("spec") else "")
+            + (f"; RULER effective length {_ruler_effective(view, long=False)}" if view else "")
         )
     lines.append("")
     for task, (title, _, _, digits) in SERIES.items():
         series = _series(results, task)
         if series:
             lines += _length_table(title, series, digits)
-    lines += _niah_tables(results) + _short_table(results)
+    lines += _ruler_tables(results) + _niah_tables(results) + _short_table(results)
     return "\n".join(lines)
 
 

@@ -1,23 +1,55 @@
-"""RULER-style synthetic tasks scored the way RULER scores them.
+"""RULER's 13 tasks scored the way RULER scores them, with its per-length average and effective length.
 
 RULER (arXiv 2404.06654, NVIDIA/RULER ``scripts/eval/synthetic/constants.py``) scores every
 task by string match on the greedy output after ``postprocess_pred``:
-- ``string_match_all`` (NIAH variants, variable tracking, common/frequent words extraction):
-  mean over samples of the fraction of reference strings found in the output, × 100;
-- ``string_match_part`` (QA): mean over samples of 1 if any reference is found, × 100.
-Matching is case-insensitive substring search. A length's score is the unweighted mean of
-its tasks' scores (RULER's "average" column). Each sample names its metric in
+- ``string_match_all`` (the 8 NIAH variants, variable tracking, common/frequent words
+  extraction): mean over samples of the fraction of reference strings found in the output, × 100;
+- ``string_match_part`` (qa_1, qa_2): mean over samples of 1 if any reference is found, × 100.
+Matching is case-insensitive substring search. Each sample names its metric in
 ``sample.meta["metric"]`` ("all" when absent). Per-task generation budgets are RULER's
 ``tokens_to_generate``.
+
+A length's RULER score is the unweighted mean of its 13 tasks (RULER's "Avg." column). It is
+reported only when all 13 ran at that length; otherwise ``average_13`` is None and the result
+names the ``missing`` tasks (e.g. qa_1/qa_2 without local QA data) next to the mean over the
+tasks that ran — a task is never silently left out of the average. The *effective length* is
+RULER's: the longest length whose average is above the threshold (85.6, Llama-2-7B's 4k score);
+see :func:`effective_length` for how a dip at a shorter length is treated.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from longctx.data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.data.ruler import (
+    QA_TEMPLATE,
+    RULER_13,
+    RULER_QA,
+    canonical_task,
+    qa_sample,
+    qa_tasks,
+    ruler_sample,
+)
+from longctx.data.samples import SyntheticSample
 from longctx.eval.generation import greedy_outputs, mean_by
+
+__all__ = [
+    "METRICS",
+    "QA_TEMPLATE",
+    "RULER_13",
+    "RULER_THRESHOLD",
+    "effective_length",
+    "generation_budget",
+    "length_summary",
+    "qa_sample",
+    "qa_samples",
+    "ruler_eval",
+    "ruler_samples",
+    "score_ruler",
+    "string_match_all",
+    "string_match_part",
+]
 
 TOKENS_TO_GENERATE = {
     "niah": 128,
@@ -28,13 +60,8 @@ TOKENS_TO_GENERATE = {
 }
 """RULER's per-task ``tokens_to_generate`` (task-name prefix → budget)."""
 
-QA_TEMPLATE = (
-    "Answer the question based on the given documents. Only give me the answer and do not output "
-    "any other words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based "
-    "on the given documents. Only give me the answer and do not output any other words.\n\n"
-    "Question: {query} Answer:"
-)
-"""RULER's ``qa`` template (``scripts/data/synthetic/constants.py``)."""
+RULER_THRESHOLD = 85.6
+"""RULER's effective-length threshold: Llama-2-7B's 13-task average at 4k (arXiv 2404.06654 §4)."""
 
 
 def string_match_all(output: str, answers: Sequence[str]) -> float:
@@ -59,8 +86,54 @@ def generation_budget(task: str, cap: int | None = None) -> int:
     return min(budget, cap) if cap else budget
 
 
-def score_ruler(samples: Sequence[SyntheticSample], outputs: Sequence[str]) -> dict:
-    """Scores (0–100) per task and length, the per-length average over tasks, and rows."""
+def _length(key) -> int:
+    return int(float(key))  # JSON turns integer keys into strings
+
+
+def effective_length(average_by_length: Mapping, threshold: float = RULER_THRESHOLD) -> int | None:
+    """Longest evaluated length L whose average is above ``threshold`` at L and at every shorter
+    evaluated length; None when the shortest one is not (or nothing was evaluated).
+
+    RULER defines the effective length as the longest length above the threshold. Its tables
+    only list averages that fall with length, so "longest above" and "longest before the first
+    miss" agree there; they differ when a model dips below at one length and recovers at a
+    longer one. The first miss is taken as the end here: a context in which a shorter input
+    already fails is not one the model uses effectively, and a recovery after a miss is more
+    likely sampling noise than skill. A None average (the 13 tasks did not all run) also ends
+    it. Keys may be ints or the strings JSON makes of them; "above" is strict (``>``).
+    """
+    best = None
+    for length, average in sorted((_length(k), v) for k, v in average_by_length.items()):
+        if average is None or not average > threshold:
+            break
+        best = length
+    return best
+
+
+def length_summary(per_task: Mapping[str, Mapping], length: int, suite: Sequence[str] = RULER_13) -> dict:
+    """At ``length``: the ``suite`` average (None unless every suite task ran), the mean over the
+    tasks that ran (suite or not), which ran and which suite tasks are missing."""
+    scores = {t: v for t, by_len in per_task.items() for n, v in by_len.items() if _length(n) == length}
+    missing = [t for t in suite if t not in scores]
+    return {
+        "average_13": None if missing else sum(scores[t] for t in suite) / len(suite),
+        "average_ran": sum(scores.values()) / len(scores) if scores else None,
+        "ran": sorted(scores),
+        "missing": missing,
+    }
+
+
+def score_ruler(
+    samples: Sequence[SyntheticSample], outputs: Sequence[str], *, threshold: float = RULER_THRESHOLD
+) -> dict:
+    """Scores (0–100) per task and length, the per-length averages and the effective length.
+
+    Returns ``{"tasks": {task: {length: score}}, "average": {length: mean over the tasks that
+    ran}, "by_length": {length: {"average_13", "average_ran", "ran", "missing"}}, "suite": the 13
+    names, "threshold", "effective_length" (on the 13-task averages: None while any length
+    misses a task), "effective_length_ran" (on the means over the tasks that ran — not RULER's
+    number when tasks are missing), "samples": one row per sample}``.
+    """
     if len(samples) != len(outputs):
         raise ValueError(f"score_ruler: {len(outputs)} outputs for {len(samples)} samples")
     rows = []
@@ -73,13 +146,19 @@ def score_ruler(samples: Sequence[SyntheticSample], outputs: Sequence[str]) -> d
             {"task": s.task, "length": s.length, "answers": list(s.answers), "output": out, "score": score}
         )
     per_task = mean_by(rows, ["task", "length"])
-    lengths = sorted({r["length"] for r in rows})
-    average = {
-        n: sum(by_len[n] for by_len in per_task.values() if n in by_len)
-        / sum(n in by_len for by_len in per_task.values())
-        for n in lengths
+    by_length = {n: length_summary(per_task, n) for n in sorted({r["length"] for r in rows})}
+    average_13 = {n: v["average_13"] for n, v in by_length.items()}
+    average = {n: v["average_ran"] for n, v in by_length.items()}
+    return {
+        "tasks": per_task,
+        "average": average,
+        "by_length": by_length,
+        "suite": list(RULER_13),
+        "threshold": threshold,
+        "effective_length": effective_length(average_13, threshold),
+        "effective_length_ran": effective_length(average, threshold),
+        "samples": rows,
     }
-    return {"tasks": per_task, "average": average, "samples": rows}
 
 
 def ruler_eval(
@@ -94,63 +173,58 @@ def ruler_eval(
 
 
 def ruler_samples(
-    tokenizer, tasks: Sequence[str], lengths: Sequence[int], *, per_cell: int = 1, seed: int = 0
+    tokenizer,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    *,
+    per_cell: int = 1,
+    seed: int = 0,
+    qa_records: Sequence[dict] | None = None,
 ) -> list[SyntheticSample]:
-    """Samples from ``data.synthetic.ruler_sample`` for every (task, length, repeat)."""
-    from longctx.data.synthetic import ruler_sample
+    """Samples from ``data.ruler.ruler_sample`` for every (task, length, repeat).
 
-    return [
-        ruler_sample(task, tokenizer, length, seed + k)
-        for task in tasks
-        for length in lengths
-        for k in range(per_cell)
-    ]
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
-def qa_sample(
-    tokenizer, records: Sequence[dict], index: int, length: int, seed: int, *, task="qa"
-) -> SyntheticSample:
-    """RULER ``qa`` sample: record ``index``'s gold document among distractors up to ``length``.
-
-    ``records``: dicts with ``question``, ``answers`` (list of strings) and ``context`` (the gold
-    document); the other records' contexts are the distractors, added in a seeded order while
-    the prompt fits; the gold document sits at a seeded position among them.
+    Aliases are resolved and each task is generated once (``list(RULER_TASKS)`` holds two
+    aliases). qa_1/qa_2 come from ``qa_records`` (SQuAD- / HotpotQA-format dicts, see
+    :func:`qa_samples`); without records of its format a QA task is skipped here and
+    :func:`score_ruler` reports it as missing.
     """
-    rec, rng = records[index], random.Random(seed)
-    others = [r["context"] for i, r in enumerate(records) if i != index]
-    rng.shuffle(others)
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
-    docs = [rec["context"]]
-    for extra in others:
-        trial = docs[:]
-        trial.insert(rng.randint(0, len(trial)), extra)
-        context = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(trial))
-        if (
-            len(bos) + len(_encode(tokenizer, QA_TEMPLATE.format(context=context, query=rec["question"])))
-            > length
-        ):
-            break
-        docs = trial
-    context = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(docs))
-    ids = bos + _encode(tokenizer, QA_TEMPLATE.format(context=context, query=rec["question"]))
-    if len(ids) > length:
-        raise ValueError(
-            f"qa data record {index}: its own document needs {len(ids)} tokens > length {length}"
-        )
-    gold = docs.index(rec["context"]) / max(1, len(docs) - 1)
-    meta = {"metric": "part", "seed": seed, "documents": len(docs)}
-    return SyntheticSample(
-        ids, [IGNORE_INDEX] * len(ids), len(ids), tuple(rec["answers"]), task, length, gold, meta
-    )
+    out: list[SyntheticSample] = []
+    for task in dict.fromkeys(canonical_task(t) for t in tasks):
+        if task in RULER_QA:
+            if qa_records:
+                out += qa_samples(tokenizer, qa_records, lengths, n=per_cell, seed=seed, only=task)
+            continue
+        out += [
+            ruler_sample(task, tokenizer, length, seed + k) for length in lengths for k in range(per_cell)
+        ]
+    return out
 
 
-def qa_samples(tokenizer, records: Sequence[dict], lengths: Sequence[int], *, n: int = 4, seed: int = 0):
-    """``n`` QA samples per length (records taken in a seeded order)."""
-    order = random.Random(seed).sample(range(len(records)), min(n, len(records)))
-    return [
-        qa_sample(tokenizer, records, i, length, seed + k) for length in lengths for k, i in enumerate(order)
-    ]
+def qa_samples(
+    tokenizer,
+    records: Sequence[dict],
+    lengths: Sequence[int],
+    *,
+    n: int = 4,
+    seed: int = 0,
+    task: str | None = None,
+    only: str | None = None,
+) -> list[SyntheticSample]:
+    """``n`` QA samples per length for each QA task the records hold (records taken in a seeded order).
+
+    Records may mix formats: SQuAD-style ones (``context`` a string) make qa_1 samples,
+    HotpotQA-style ones (``context`` a list of [title, sentences]) qa_2 samples, each with
+    distractors of its own format (``data.ruler.qa_sample``); ``task`` names one task for all
+    records, ``only`` keeps one task.
+    """
+    out: list[SyntheticSample] = []
+    for name, indices in qa_tasks(records, task).items():
+        if only is not None and name != only:
+            continue
+        order = random.Random(seed).sample(indices, min(n, len(indices)))
+        out += [
+            qa_sample(tokenizer, records, i, length, seed + k, task=task)
+            for length in lengths
+            for k, i in enumerate(order)
+        ]
+    return out

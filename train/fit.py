@@ -126,6 +126,9 @@ def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
         model = wrap_lora(model, stage.lora, seed=ctx.recipe.seed)
         ctx.log(f"[{stage.name}] LoRA: {len(trainable_names(model))} trainable tensors")
     stage_dir = ctx.stage_dir(stage.name)
+    tiled = _zero3(ctx) or n > 1
+    if tiled:
+        ctx.log(f"[{stage.name}] loss: tiled over lm_head (no [tokens, vocab] logits; train.tiled_loss)")
     # SDPA keeps packed documents apart without a mask: one causal call per document
     segments = ctx.attention == "sdpa" and n == 1 and supports_segments(bare)
     if segments:
@@ -139,6 +142,7 @@ def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
             ctx.accelerator,
             varlen=ctx.attention == "flash_attention_2" or segments,
             sequence_parallel=n,
+            tiled_loss=tiled,
         )
     _save_model(ctx, result.model, spec, stage_dir, lora=stage.lora)
     ctx.release(result.model, model, bare)

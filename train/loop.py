@@ -8,7 +8,9 @@ integer and a resumed run sees exactly the batches an uninterrupted one would. U
 sequence parallelism (``train.sequence_parallel``) the unit is an SP group instead of a
 process: the group's ranks take the same global micro-batch and each trains on its 1/N slice.
 Only ``.loss`` of the model output is read (liger's fused linear cross-entropy returns no
-logits); under SP the loss is computed from each shard's logits and reduced over the group.
+logits); under ZeRO-3 and SP the loss comes from the body's hidden states and ``lm_head`` a slice
+of tokens at a time (``train.tiled_loss``), reduced over the SP group. Every step's loss is its
+mean TOKEN loss, over all its micro-batches and processes (``_forward_loss``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from longctx.rope import set_factor_set
 from longctx.train import sequence_parallel as sp
 from longctx.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from longctx.train.recipe import TrainStage
+from longctx.train.tiled_loss import causal_lm_loss_sum, tiled_loss_sum
 
 
 class TrainingError(RuntimeError):
@@ -119,7 +122,14 @@ def label_tokens(batch: dict, varlen: bool) -> int:
 
 
 def _forward_loss(
-    model, batch: dict, layout: sp.SPLayout, varlen: bool, device, step_tokens: torch.Tensor
+    model,
+    batch: dict,
+    layout: sp.SPLayout,
+    varlen: bool,
+    device,
+    step_tokens: torch.Tensor,
+    tiled: bool,
+    unwrapped,
 ) -> torch.Tensor:
     """The micro-batch's share of the step's token-weighted loss: (sum of its token losses) /
     (tokens of the whole optimizer step, over every micro-batch and process). Summed over the
@@ -129,14 +139,17 @@ def _forward_loss(
         inputs = {
             k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch, varlen).items()
         }
+        if tiled:  # ZeRO-3: the head's weight is a shard, liger cannot fuse; slices of logits only
+            return causal_lm_loss_sum(unwrapped, inputs)[0] / step_tokens
         return model(**inputs, num_items_in_batch=step_tokens).loss  # transformers: sum / num_items_in_batch
     part = sp.shard(batch, layout.rank, layout.size)
     # no attention_mask: Ulysses drops masks built for a shard; flash finds documents from the
     # (gathered, per-document) position ids, sdpa applies a plain causal mask to the whole row
-    out = model(
+    lm = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped  # peft
+    hidden = lm.model(
         input_ids=part["input_ids"].to(device), position_ids=part["position_ids"].to(device), use_cache=False
-    )
-    total, _ = sp.loss_sum(out.logits, part["shift_labels"].to(device))
+    ).last_hidden_state  # [1, shard, h]: the shard's logits are taken a slice at a time
+    total = tiled_loss_sum(lm.lm_head, hidden, part["shift_labels"].to(device))
     return sp.group_sum(total, sp.sp_group()) / step_tokens
 
 
@@ -162,7 +175,10 @@ def train_loop(
     accelerator: Accelerator,
     varlen: bool = False,
     sequence_parallel: int = 1,
+    tiled_loss: bool = False,
 ) -> TrainResult:
+    """``tiled_loss``: the loss from the model body's hidden states and ``lm_head`` a slice of
+    tokens at a time (``train.tiled_loss``; ZeRO-3). Under sequence parallelism it always is."""
     layout = sp.SPLayout.of(accelerator.process_index, accelerator.num_processes, sequence_parallel)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
@@ -183,6 +199,7 @@ def train_loop(
     per_step = cfg.grad_accum * layout.dp_size  # global micro-batches per optimizer step
     stream = _own_batches(batches_from, step * per_step, layout)
     model.train()
+    unwrapped = accelerator.unwrap_model(model)
     bar = tqdm(total=cfg.steps, initial=step, desc=stage_dir.name, disable=not accelerator.is_main_process)
     started, run_tokens = time.perf_counter(), 0
     last_good = (list_checkpoints(ckpt_root) or [None])[-1]
@@ -194,10 +211,19 @@ def train_loop(
         counted = accelerator.reduce(counted, "sum") / layout.size
         for batch in micro:
             # the GLOBAL row's kind, before any SP slicing: every shard uses the row's factor set
-            set_factor_set(accelerator.unwrap_model(model), batch["row_kind"])
+            set_factor_set(unwrapped, batch["row_kind"])
             # accelerate decides the accumulation boundary (and DeepSpeed steps its engine there)
             with accelerator.accumulate(model):
-                loss = _forward_loss(model, batch, layout, varlen, accelerator.device, counted.clamp(min=1))
+                loss = _forward_loss(
+                    model,
+                    batch,
+                    layout,
+                    varlen,
+                    accelerator.device,
+                    counted.clamp(min=1),
+                    tiled_loss,
+                    unwrapped,
+                )
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"{stage_dir.name}: loss is {loss.item()} at step {step + 1} (row kind {batch['row_kind']}); "

@@ -13,9 +13,9 @@ Rajbhandari et al., arXiv 1910.02054 §3: 16 B/param of model states):
 - logits + loss: materialised, the bf16 logits, their fp32 upcast and gradient, 8·t·V bytes —
   the term that dominates at 128k. liger's fused linear cross-entropy (``model.liger`` on/auto,
   a GPU launch) computes them a chunk at a time: ≈ 8·t·h bytes (its chunk is t·h/V rows of V
-  logits, plus the hidden-state gradient). It applies where ``lm_head`` is whole and the loss is
-  the model's own: not under ZeRO-3 (liger reads the sharded weight; ``train.kernels``) and not
-  under sequence parallelism (the loop computes the shard's loss from its logits).
+  logits, plus the hidden-state gradient); it applies where ``lm_head`` is whole (DDP, ZeRO-2).
+  Under ZeRO-3 and sequence parallelism the loop's tiled loss (``train.tiled_loss``) keeps one
+  slice of ≤ 2^28 logits alive: ≤ 8·2^28 bytes.
 
 Sequence parallelism runs under ``deepspeed_zero3_ulysses.yaml`` (ZeRO-3 + Ulysses); with
 ``sequence_parallel: S > 1`` the other configs are shown as not applicable. These are estimates
@@ -27,6 +27,8 @@ config this plan says fits (tests/train/test_planner.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from longctx.train.tiled_loss import LOGITS_PER_SHARD
 
 GIB = 1024**3
 
@@ -104,12 +106,18 @@ def plan_memory(
             note = "n/a: sequence_parallel launches with deepspeed_zero3_ulysses"
         t = tokens // sp
         act = activation_bytes(shape, t, checkpointing)
-        fused = fused_loss and not cfg.zero3 and sp == 1
-        logits = 8 * t * (shape.hidden if fused else shape.vocab)
+        fused = fused_loss and not cfg.zero3 and sp == 1  # liger's fused linear cross-entropy
+        tiled = cfg.zero3 or sp > 1  # train.tiled_loss: slices of ≤ LOGITS_PER_SHARD logits
+        if fused:
+            logits = 8 * t * shape.hidden
+        elif tiled:
+            logits = min(8 * t * shape.vocab, 8 * LOGITS_PER_SHARD)
+        else:
+            logits = 8 * t * shape.vocab
         states = shape.params * (cfg.full + cfg.sharded / gpus)
         total = states + act + logits
         rows.append({"config": cfg.name, "states": states / GIB, "activations": act / GIB, "logits": logits / GIB,
-                     "fused_loss": fused, "sequence_parallel": sp, "total": total / GIB,
+                     "fused_loss": fused, "tiled_loss": tiled and logits < 8 * t * shape.vocab, "sequence_parallel": sp, "total": total / GIB,
                      "fits": not note and total <= gpu_gib * GIB, "note": note})  # fmt: skip
     return rows
 
@@ -127,6 +135,8 @@ def format_plan(rows: list[dict], *, params: int, tokens: int, gpus: int, gpu_gi
         how = []
         if r.get("fused_loss"):
             how.append("liger fused loss")
+        if r.get("tiled_loss"):
+            how.append("tiled loss")
         if r.get("sequence_parallel", 1) > 1:
             how.append(f"rows split over {r['sequence_parallel']} GPUs")
         extra = f"  ({'; '.join(how)})" if how else ""

@@ -28,6 +28,26 @@ def run_cli(recipe: Path, *extra: str, check: bool = True, timeout: int = 600) -
     return proc
 
 
+def start_cli(recipe: Path, *extra: str) -> subprocess.Popen:
+    """The CLI in its own process group (so a kill takes its children too), output discarded."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train" / "run.py"), str(recipe), *extra],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+
+
+def kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 300) -> None:
+    """SIGKILL ``proc``'s group as soon as ``marker`` exists (or it exits, or ``timeout`` passes)."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """Eight KJV books as local .txt files (long documents; the runner cuts short pieces)."""

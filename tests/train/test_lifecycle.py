@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .conftest import ENV, REPO, launch, run_cli, write_recipe
+from .conftest import ENV, REPO, kill_when, launch, run_cli, start_cli, write_recipe
 
 BASE = {
     "name": "base", "kind": "pretrain", "steps": 8, "micro_batch_size": 2, "lr": 1e-2, "warmup_steps": 2,
@@ -47,16 +47,7 @@ def test_sigkill_in_second_training_stage_resumes_to_identical_weights(tmp_path,
     full = write_recipe(tmp_path / "full.yaml", tiny_corpus, tmp_path / "full", stages=stages)
     run_cli(full, timeout=400)
     killed = write_recipe(tmp_path / "killed.yaml", tiny_corpus, tmp_path / "killed", stages=stages)
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train" / "run.py"), str(killed)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    marker = tmp_path / "killed" / "ft" / "checkpoints" / "step-4" / "COMPLETE"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(start_cli(killed), tmp_path / "killed" / "ft" / "checkpoints" / "step-4" / "COMPLETE")
     assert not (tmp_path / "killed" / "ft" / "COMPLETE").exists()
     ckpt = sorted((tmp_path / "killed" / "ft" / "checkpoints").glob("step-*/trainer_state.json"))[-1]
     owner = json.loads(ckpt.read_text()).get("stage")
@@ -129,10 +120,7 @@ def test_bf16_trains_fp32_master_weights_and_tracks_fp32(tmp_path, tiny_corpus):
 
 def test_busy_output_dir_is_refused_with_the_holder(tmp_path, tiny_corpus):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_corpus, tmp_path / "out", stages=[{**BASE, "steps": 400}])
-    first = subprocess.Popen(
-        [sys.executable, str(REPO / "train" / "run.py"), str(recipe)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    first = start_cli(recipe)
     try:
         deadline = time.time() + 120
         while not (tmp_path / "out" / ".lock").exists() and time.time() < deadline:

@@ -4,18 +4,14 @@ weights, a corrupt last checkpoint is skipped, completed stages are not rerun.""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from .conftest import ENV, REPO, model_recipe, run_cli, write_recipe
+from .conftest import kill_when, model_recipe, run_cli, start_cli, write_recipe
 
 
 def _run(recipe: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -58,16 +54,8 @@ def test_sigkill_during_training_resumes_to_identical_weights(tmp_path, tiny_cor
     full = write_recipe(tmp_path / "full.yaml", tiny_corpus, tmp_path / "full")
     _run(full, steps)
     killed = write_recipe(tmp_path / "killed.yaml", tiny_corpus, tmp_path / "killed")
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train" / "run.py"), str(killed), steps],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
     marker = tmp_path / "killed" / "base" / "checkpoints" / "step-4" / "COMPLETE"
-    deadline = time.time() + 240
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(start_cli(killed, steps), marker, timeout=240)
     # killed mid-run: a checkpoint (step 4, or a later one that pruned it) and no completion marker
     assert any(marker.parent.parent.glob("step-*/COMPLETE"))
     assert not (tmp_path / "killed" / "base" / "COMPLETE").exists()

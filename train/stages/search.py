@@ -92,8 +92,9 @@ def search_samples(stage, ctx) -> list:
     ]
 
 
-def factor_search(stage, ctx, field: str) -> dict:
-    """Search ``field`` ("long_factor" or "short_factor") of the stage's spec on its model."""
+def factor_search(stage, ctx, field: str, prepare=None) -> dict:
+    """Search ``field`` ("long_factor" or "short_factor") of the stage's spec on its model;
+    ``prepare(stage, ctx, model, spec) -> (spec, record)`` may change the template first."""
     from longctx.eval.scorer import build_scorer
     from longctx.rope import apply_rope
     from longctx.rope.search import readjust, run_search
@@ -109,6 +110,9 @@ def factor_search(stage, ctx, field: str) -> dict:
         max_evaluations=stage.max_evaluations,
         progress=ctx.accelerator.is_main_process,
     )
+    record = {}
+    if prepare is not None:
+        previous, record = prepare(stage, ctx, model, previous)
     apply_rope(model, previous)
     kind = "long" if field == "long_factor" else "short"
     scorer = build_scorer(
@@ -130,6 +134,7 @@ def factor_search(stage, ctx, field: str) -> dict:
         "objective": stage.objective,
         "evaluations": result.evaluations,
         "rejected": result.rejected,
+        **record,
         "spec": result.spec.to_dict(),
     }
 
