@@ -3,14 +3,19 @@ cross-entropy cannot run: under DeepSpeed ZeRO-3 (liger reads ``lm_head.weight``
 would see ZeRO-3's empty shard) and under Ulysses sequence parallelism (the loop computes the
 shard's loss itself).
 
-The model body runs to its last hidden state; DeepSpeed's ``TiledFusedLogitsLoss`` (ALST,
-``deepspeed.runtime.sequence_parallel.ulysses_sp``) then calls ``lm_head`` as a module on one
-slice of the tokens at a time — so ZeRO-3's hooks gather the head's weight for each call — takes
-each slice's summed cross-entropy and its gradient at once, and keeps only the hidden-state
-gradient: the logits alive at any moment are ``tokens / shards × vocab`` (``LOGITS_PER_SHARD``
-entries, 1 GiB of fp32 at most) instead of ``tokens × vocab`` (63 GiB at 128k for Llama-3's
-128k vocabulary). Without DeepSpeed installed the same slices run through plain autograd (the
-CPU test of equality with the model's own loss).
+The model body runs to its last hidden state; ``lm_head`` is then called as a module (so ZeRO-3's
+hooks gather its weight) on one slice of the tokens at a time, each slice's summed cross-entropy
+under non-reentrant activation checkpointing: the forward keeps no logits, the backward recomputes
+one slice at a time. The logits alive at any moment are ``tokens / shards × vocab``
+(``LOGITS_PER_SHARD`` entries, 1 GiB of fp32 at most) instead of ``tokens × vocab`` (63 GiB at
+128k for Llama-3's 128k vocabulary), and every slice's gradient reaches the head's weight in the
+one backward pass.
+
+Why not DeepSpeed's ``TiledFusedLogitsLoss`` (ALST): it runs each slice's backward inside its
+forward, so the head's weight gets a gradient before the body's backward; with tied embeddings
+(the tiny recipe, SmolLM2, Llama-3.2) the same parameter then reaches ZeRO-3's reduce bucket
+twice — measured: ``AssertionError`` in ``stage3.__reduce_and_partition_ipg_grads`` (DeepSpeed
+0.19.8, 2 gloo processes).
 """
 
 from __future__ import annotations
@@ -42,19 +47,17 @@ def tiled_loss_sum(
 ):
     """Σ token losses of ``hidden`` [batch, seq, h] against ``shifted`` [batch, seq] (labels already
     shifted: position i predicts ``shifted[i]``), ``shards`` slices of the tokens at a time."""
+    from torch.utils.checkpoint import checkpoint
+
     shards = shards or shards_for(hidden.shape[0] * hidden.shape[1], head.weight.shape[0])
-    try:
-        from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledFusedLogitsLoss
-    except ImportError:
-        TiledFusedLogitsLoss = None
-    if TiledFusedLogitsLoss is None or not hidden.requires_grad:
-        parts = zip(
-            torch.chunk(hidden.reshape(-1, hidden.shape[-1]), shards),
-            torch.chunk(shifted.reshape(-1), shards),
-        )
-        return sum(_slice_loss(head, h, y) for h, y in parts)
-    params = [p for p in head.parameters() if p.requires_grad]
-    return TiledFusedLogitsLoss.apply(_slice_loss, head, hidden, shifted, None, shards, params, "sum")
+    flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), shifted.reshape(-1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for h, y in zip(torch.chunk(flat_h, shards), torch.chunk(flat_y, shards)):
+        if torch.is_grad_enabled() and h.requires_grad:
+            total = total + checkpoint(_slice_loss, head, h, y, use_reentrant=False)
+        else:
+            total = total + _slice_loss(head, h, y)
+    return total
 
 
 def causal_lm_loss_sum(
