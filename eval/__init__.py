@@ -5,6 +5,8 @@
 - ``eval.passkey`` / ``eval.niah`` / ``eval.ruler``: greedy-decoding tasks on
   ``data.synthetic`` samples, scored as LongRoPE and RULER score them;
 - ``eval.short_tasks``: short-task retention through lm-evaluation-harness (``eval`` extra);
+- ``eval.long_tasks``: lm-eval's long-context tasks at each length, on the model in memory;
+- ``eval.serving``: serving parity across L (cached generation vs full forward, per serving choice);
 - ``eval.models``: a checkpoint, or a base model plus a ``RopeSpec`` JSON;
 - ``eval.tasks.EVAL_TASKS``: the task registry; ``eval.report``: results.json, report.md, PNGs;
 - ``eval.scorer``: the factor-search objective built on ``iter_nll``;

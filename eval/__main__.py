@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-tasks", type=_names, default=[], help="lm-eval task names or task YAML paths")
     p.add_argument("--num-fewshot", type=int, default=None)
     p.add_argument("--short-limit", type=float, default=None, help="examples per short task (lm-eval limit)")
+    p.add_argument(
+        "--long-tasks", type=_names, default=[], help="lm-eval long-context tasks or task YAML paths"
+    )
+    p.add_argument("--long-limit", type=float, default=None, help="examples per long task and length")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--attn", default="sdpa", help="attention implementation")
@@ -111,6 +115,10 @@ def settings_from_args(args) -> EvalSettings:
         short_tasks=args.short_tasks,
         num_fewshot=args.num_fewshot,
         short_limit=limit,
+        long_tasks=args.long_tasks,
+        long_limit=int(args.long_limit)
+        if args.long_limit and float(args.long_limit).is_integer()
+        else args.long_limit,
         progress=not args.no_progress,
     )
 

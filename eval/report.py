@@ -195,8 +195,53 @@ def markdown_report(results: dict) -> str:
         series = _series(results, task)
         if series:
             lines += _length_table(title, series, digits)
-    lines += _ruler_tables(results) + _niah_tables(results) + _short_table(results)
+    lines += _ruler_tables(results) + _niah_tables(results) + _short_table(results) + _serving_table(results)
     return "\n".join(lines)
+
+
+SERVING_CHOICES = {
+    "switching": "HF generate (per-length switch)",
+    "forced_long": "one set per server (vLLM, max_model_len > L)",
+    "reprefill": "re-prefill at the switch",
+}
+
+
+def _serving_table(results: dict) -> list[str]:
+    """Serving parity (``eval.serving``): per run and serving choice, the largest logit gap of
+    cached decoding vs a full forward past L, greedy agreement, and the short-context cost."""
+    rows = []
+    for run in results["runs"]:
+        sp = run["tasks"].get("serving")
+        if not sp:
+            continue
+        for key, label in SERVING_CHOICES.items():
+            c = sp["choices"].get(key) or {}
+            if not c.get("available", True):
+                rows.append(f"| {run['name']} | {label} | n/a | n/a | n/a | {c.get('note', '')} |")
+                continue
+            cost = ""
+            if key == "forced_long" and c.get("short_ppl"):
+                cost = ", ".join(
+                    f"{_num(float(n))}: {v['increase_pct']:+.2f} %" for n, v in c["short_ppl"].items()
+                )
+            rows.append(
+                f"| {run['name']} | {label} | {_fmt(c.get('gap_at_or_below_L'), 4)} | {_fmt(c.get('gap_above_L'), 4)} "
+                f"| {_fmt(c.get('token_agreement_pct'), 1)} | {cost} |"
+            )
+    if not rows:
+        return []
+    return [
+        "## Serving parity across L",
+        "",
+        "Cached decoding vs a full forward of the same prefix (largest |Δlogit|), greedy tokens agreeing "
+        "with re-forwarding the whole prefix each step, and the short-context ppl cost of serving every "
+        "length with the long factors.",
+        "",
+        "| run | serving choice | gap ≤ L | gap > L | token agreement % | short ppl cost |",
+        "|---|---|---:|---:|---:|---|",
+        *rows,
+        "",
+    ]
 
 
 def _line_plot(series: dict, title: str, path: Path, *, log_y: bool = False) -> Path:

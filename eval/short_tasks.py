@@ -20,14 +20,28 @@ from pathlib import Path
 import yaml
 
 
-def local_task_config(yaml_path: str | os.PathLike) -> dict:
-    """A task YAML as an lm-eval config dict, relative ``dataset_kwargs.data_files`` made absolute."""
+def import_lm_eval(what: str):
+    """``(lm_eval, HFLM, TaskManager)``, or an ImportError saying how to install the ``eval`` extra."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise ImportError(
+            f"{what} need lm-evaluation-harness: pip install 'longctx[eval]' (lm-eval)"
+        ) from err
+    return lm_eval, HFLM, TaskManager
+
+
+def local_task_config(yaml_path: str | os.PathLike, what: str = "short task") -> dict:
+    """A task YAML as an lm-eval config dict, relative ``dataset_kwargs.data_files`` made absolute
+    (``what`` names the task kind in error messages)."""
     path = Path(yaml_path)
     if not path.is_file():
-        raise FileNotFoundError(f"short task {path}: no such task YAML")
+        raise FileNotFoundError(f"{what} {path}: no such task YAML")
     cfg = yaml.safe_load(path.read_text())
     if not isinstance(cfg, dict) or "task" not in cfg:
-        raise ValueError(f"short task {path}: expected a mapping with a 'task' key (an lm-eval task config)")
+        raise ValueError(f"{what} {path}: expected a mapping with a 'task' key (an lm-eval task config)")
     files = (cfg.get("dataset_kwargs") or {}).get("data_files")
     if isinstance(files, str):
         files = str((path.parent / files).resolve())
@@ -52,7 +66,7 @@ def _task_entry(entry: str | os.PathLike | dict, default_shots: int | None) -> t
     return text, shots
 
 
-def _metrics(task_result: dict) -> dict[str, float]:
+def metric_values(task_result: dict) -> dict[str, float]:
     """``{"acc,none": 0.5, "acc_stderr,none": ...}`` → ``{"acc": 0.5}`` (numbers only, no stderr)."""
     out = {}
     for key, value in task_result.items():
@@ -79,14 +93,7 @@ def short_task_scores(
     (per-task few-shot, as recipes give it); ``num_fewshot`` is the default for the others.
     Tasks sharing a few-shot count run in one ``simple_evaluate`` call.
     """
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError as err:
-        raise ImportError(
-            "short tasks need lm-evaluation-harness: pip install 'longctx[eval]' (lm-eval)"
-        ) from err
+    lm_eval, HFLM, TaskManager = import_lm_eval("short tasks")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     manager = TaskManager(include_path=str(include_path) if include_path else None)
     groups: dict[int | None, list] = {}
@@ -105,6 +112,6 @@ def short_task_scores(
             bootstrap_iters=0,
         )
         for name, task_result in res["results"].items():
-            scores[name] = _metrics(task_result)
+            scores[name] = metric_values(task_result)
             shots_of[name] = res.get("n-shot", {}).get(name, shots)
     return {"scores": scores, "num_fewshot": shots_of}

@@ -7,7 +7,11 @@ scorer of this package and returns plain dicts that ``eval.report`` tabulates an
 - ``passkey``: passkey accuracy per length × depth (LongRoPE §4.2);
 - ``niah``: needle-in-a-haystack grid (RULER ``niah_single``, arXiv 2404.06654);
 - ``ruler``: RULER-style tasks per length, plus QA when ``qa_data`` is given;
-- ``short``: short-task retention through lm-evaluation-harness.
+- ``short``: short-task retention through lm-evaluation-harness;
+- ``long``: lm-eval's long-context tasks (RULER, NIAH, BABILong, local YAMLs) at each length, on
+  the model in memory (``eval.long_tasks``);
+- ``serving``: what each serving choice does across L (``eval.serving``): HF's per-length switch
+  inside a cached generation, one factor set per server, re-prefilling at the switch.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class EvalSettings:
     short_tasks: list = field(default_factory=list)
     num_fewshot: int | None = None
     short_limit: int | float | None = None
+    long_tasks: list = field(default_factory=list)
+    """lm-eval long-context tasks (``ruler``, ``niah_*``, ``babilong_*``, local YAMLs) run at each length."""
+    long_limit: int | float | None = None
     progress: bool = True
 
 
@@ -107,6 +114,23 @@ def run_ruler(model, tokenizer, s: EvalSettings) -> dict:
     return ruler_eval(model, tokenizer, samples, max_new_tokens=s.max_new_tokens, progress=s.progress)
 
 
+def run_long(model, tokenizer, s: EvalSettings) -> dict:
+    from longctx.eval.long_tasks import long_task_scores
+
+    if not s.long_tasks:
+        raise ValueError("task 'long': no long tasks given; expected --long-tasks NAME[,PATH.yaml...]")
+    gen = {"max_gen_toks": s.max_new_tokens} if s.max_new_tokens else None
+    return long_task_scores(
+        model, tokenizer, s.long_tasks, lengths=s.lengths, limit=s.long_limit, gen_kwargs=gen
+    )
+
+
+def run_serving(model, tokenizer, s: EvalSettings) -> dict:
+    from longctx.eval.serving import serving_parity
+
+    return serving_parity(model, tokenizer, s)
+
+
 def run_short(model, tokenizer, s: EvalSettings) -> dict:
     from longctx.eval.short_tasks import short_task_scores
 
@@ -121,5 +145,7 @@ EVAL_TASKS: dict[str, Callable[..., dict]] = {
     "niah": run_niah,
     "ruler": run_ruler,
     "short": run_short,
+    "long": run_long,
+    "serving": run_serving,
 }
 """Task name → ``fn(model, tokenizer, settings: EvalSettings) -> dict`` (plain, JSON-ready)."""

@@ -23,6 +23,9 @@ from longctx.rope.spec import RopeSpec
 
 SPEC_FILE = "longctx_rope_spec.json"
 """The full spec next to the weights, so our tools reload n̂/provenance exactly."""
+FACTOR_SET_FILE = "longctx_factor_set.json"
+"""Written by ``save_extended(..., single_factor_set=True)`` only: the one-set choice and the
+short factors it replaced (the spec file holds the exported spec, short_factor = long_factor)."""
 
 
 def _config_for(model: nn.Module, spec: RopeSpec, hf: dict):
@@ -85,13 +88,29 @@ def _write_legacy_keys(config_path: Path, hf: dict) -> None:
     config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def save_extended(model: nn.Module, spec: RopeSpec, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+def save_extended(
+    model: nn.Module,
+    spec: RopeSpec,
+    out_dir: str | os.PathLike,
+    tokenizer=None,
+    *,
+    single_factor_set: bool = False,
+) -> Path:
     """Write weights + a stock config for ``spec`` to ``out_dir`` atomically (temp dir + rename).
 
     Raises :class:`rope.RopeExportError` when a stock config cannot express the spec
     (n̂ > 0, a short-only attention factor, a rope_type or key set the model's config class
     rejects), before anything is written.
+
+    ``single_factor_set=True`` (longrope / longrope2 only) exports ``short_factor = long_factor``:
+    every length uses the long set, so a KV-cached generation never switches sets when it passes
+    L (what vLLM does for every request when ``max_model_len > L``); short inputs pay the long
+    factors. The spec file holds that exported spec, and ``FACTOR_SET_FILE`` records the choice
+    and the replaced short factors. The default writes exactly what it always did.
     """
+    note = None
+    if single_factor_set:
+        spec, note = _single_set(spec)
     hf = to_hf_config(spec, model_type=getattr(getattr(model, "config", None), "model_type", None))
     for _, _, module in _rotary_modules(model):
         _check_compatible(module, spec, model.config)
@@ -107,10 +126,35 @@ def save_extended(model: nn.Module, spec: RopeSpec, out_dir: str | os.PathLike, 
         model.config = original_config
     _write_legacy_keys(tmp / "config.json", hf)
     spec.to_json(tmp / SPEC_FILE)
+    if note is not None:
+        (tmp / FACTOR_SET_FILE).write_text(json.dumps(note, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     _replace_dir(tmp, out)
     return out
+
+
+def _single_set(spec: RopeSpec) -> tuple[RopeSpec, dict]:
+    """(the spec with short_factor = long_factor, the sidecar note) for ``single_factor_set``."""
+    if spec.long_factor is None or spec.method not in ("longrope", "longrope2"):
+        raise RopeExportError(
+            f"single_factor_set: method {spec.method!r} has no short/long factor sets to merge; "
+            "it applies to longrope / longrope2 specs"
+        )
+    short = list(spec.short_factor) if spec.short_factor is not None else [1.0] * spec.geometry.n_pairs
+    note = {
+        "single_factor_set": True,
+        "factor_set": "long",
+        "original_length": spec.original_length,
+        "replaced_short_factor": short,
+        "reason": (
+            "short_factor = long_factor: every length uses the long set, so a KV-cached generation "
+            "does not switch sets when it passes original_max_position_embeddings (as vLLM serves "
+            "every request when max_model_len > original_max_position_embeddings); inputs of at most "
+            "that length pay the long factors"
+        ),
+    }
+    return spec.replace(short_factor=spec.long_factor), note
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

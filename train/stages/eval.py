@@ -40,7 +40,7 @@ class Settings(Strict):
     name: str
     model_from: str | None = None
     spec_from: str | None = None
-    tasks: list[Literal["ppl", "passkey", "niah", "ruler", "short"]] = ["ppl", "passkey"]
+    tasks: list[Literal["ppl", "passkey", "niah", "ruler", "short", "long", "serving"]] = ["ppl", "passkey"]
     lengths: list[int] = Field(min_length=1)
     runs: list[EvalRun] = []
     """The lines of the comparison; empty: one run of this stage's model and spec."""
@@ -66,11 +66,14 @@ class Settings(Strict):
     """lm-eval task names or task YAML paths (task ``short``)."""
     num_fewshot: int | None = Field(None, ge=0)
     short_limit: float | None = Field(None, gt=0)
+    long_tasks: list[str] = []
+    """lm-eval long-context task names or local task YAML paths (task ``long``), run at each length."""
+    long_limit: float | None = Field(None, gt=0)
 
 
 SETTINGS_FIELDS = (
     "lengths", "depths", "samples", "ppl_data", "ppl_docs", "ppl_mode", "ppl_stride", "chunk_size", "ruler_tasks",
-    "qa_data", "max_new_tokens", "short_tasks", "num_fewshot", "short_limit",
+    "qa_data", "max_new_tokens", "short_tasks", "num_fewshot", "short_limit", "long_tasks", "long_limit",
 )  # fmt: skip
 """The stage keys that are ``eval.tasks.EvalSettings`` fields of the same name."""
 
@@ -80,6 +83,8 @@ def check(recipe, index: int, where: str) -> list[str]:
     lines = []
     if "short" in stage.tasks and not stage.short_tasks:
         lines.append(f"{where}.short_tasks: task 'short' needs lm-eval task names or YAML paths")
+    if "long" in stage.tasks and not stage.long_tasks:
+        lines.append(f"{where}.long_tasks: task 'long' needs lm-eval task names or YAML paths")
     if stage.ruler_tasks is not None:
         from longctx.data.synthetic import RULER_TASKS
 
@@ -121,8 +126,9 @@ def run(stage, ctx) -> dict:
     out = ctx.stage_dir(stage.name)
     if ctx.accelerator.is_main_process:
         values = {key: getattr(stage, key) for key in SETTINGS_FIELDS}
-        if values["short_limit"] is not None and float(values["short_limit"]).is_integer():
-            values["short_limit"] = int(values["short_limit"])  # lm-eval: an int is a count, a float a share
+        for key in ("short_limit", "long_limit"):
+            if values[key] is not None and float(values[key]).is_integer():
+                values[key] = int(values[key])  # lm-eval: an int is a count, a float a share
         settings = EvalSettings(**values, seed=ctx.recipe.seed, progress=True)
         lines = stage.runs or [
             EvalRun(name=stage.name, model_from=stage.model_from, spec_from=stage.spec_from)
