@@ -73,13 +73,16 @@ BROKEN = [
 ]
 
 
-if not torch.cuda.is_available():
-    BROKEN.append(
-        (
-            _set(["model", "attention"], "flash"),
-            r"model\.attention: 'flash' needs a CUDA GPU and none is visible",
-        )
-    )
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_what_this_machine_cannot_run_is_refused_when_running_not_when_planning(good, capsys):
+    """A GPU recipe is planned anywhere (a laptop plans the cluster run); running it here is one line."""
+    path = _broken(good, _set(["model", "attention"], "flash"))
+    assert main([path, "--dry-run"]) == 0
+    capsys.readouterr()
+    assert main([path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{path}: ")
+    assert "model.attention: 'flash' needs a CUDA GPU and none is visible" in err[0]
 
 
 @pytest.mark.parametrize("edit,message", BROKEN)
