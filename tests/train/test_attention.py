@@ -81,3 +81,29 @@ def test_one_document_row_equals_plain_causal_sdpa():
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
     for p, g in zip(model.parameters(), ref_grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_attention_is_flash_only_where_cuda_and_flash_attn_are_present(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from longctx.train.attention import attention_implementation
+
+    real_find = importlib.util.find_spec
+    for cuda, flash, want in (
+        (True, True, "flash_attention_2"),
+        (True, False, "sdpa"),
+        (False, True, "sdpa"),
+    ):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a, flash=flash: (
+                (object() if flash else None) if name == "flash_attn" else real_find(name, *a)
+            ),
+        )
+        assert attention_implementation("auto") == want, (cuda, flash)
+    assert attention_implementation("flash") == "flash_attention_2"
+    assert attention_implementation("eager") == "eager"
