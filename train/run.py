@@ -165,7 +165,10 @@ def _run_stages(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> dict:
     import torch
 
     accelerator = ctx.accelerator
-    _preflight(recipe, recipe_file, ctx, stages)
+    try:
+        _preflight(recipe, recipe_file, ctx, stages)
+    except _stage_errors() as err:  # the data itself failed to load or tokenise
+        raise RecipeError([f"{recipe_file}: data: {err}"]) from err
     results = {}
     for stage in recipe.stages:
         module = stages[stage.kind]
