@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from transformers import PretrainedConfig
 
+from longctx.rope import RopeSpec
 from longctx.train.models import ARCHITECTURES, init_model, model_config
 
-__all__ = ["ARCHITECTURES", "tiny_config", "tiny_model"]
+__all__ = ["ARCHITECTURES", "random_logits", "random_longrope", "tiny_config", "tiny_model"]
 
 
 def tiny_config(
@@ -41,3 +44,24 @@ def tiny_config(
 
 def tiny_model(config: PretrainedConfig, seed: int = 0) -> torch.nn.Module:
     return init_model(config, seed).eval()
+
+
+def random_longrope(
+    head_dim: int, L: int, *, partial: float = 1.0, seed: int = 0, low: float = 1.0, **kw
+) -> RopeSpec:
+    """A ``longrope`` spec for L → 4L with random long factors in [low, 8] and short ones in [0.8, 1.3]."""
+    n_pairs = int(head_dim * partial) // 2
+    rng = random.Random(seed)
+    return RopeSpec(
+        "longrope", base=10_000.0, head_dim=head_dim, partial_rotary_factor=partial, original_length=L,
+        target_length=4 * L, long_factor=[rng.uniform(low, 8.0) for _ in range(n_pairs)],
+        short_factor=[rng.uniform(0.8, 1.3) for _ in range(n_pairs)], **kw,
+    )  # fmt: skip
+
+
+def random_logits(model, length: int, seed: int = 1) -> torch.Tensor:
+    """Logits of 2 random rows of ``length`` tokens (ids from 3), without grad."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, model.config.vocab_size, (2, length), generator=g)
+    with torch.no_grad():
+        return model(input_ids=ids).logits

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from longctx.rope import (
     save_extended,
     to_hf_config,
 )
-from tests.tiny import ARCHITECTURES, tiny_config, tiny_model
+from tests.tiny import ARCHITECTURES, random_logits, random_longrope, tiny_config, tiny_model
 
 L = 64  # pretrained length of the tiny models
 HEAD_DIM = 16
@@ -30,28 +29,7 @@ def _partial(arch: str) -> float:
 
 
 def _random_longrope(arch: str, seed: int = 0, **kw) -> RopeSpec:
-    partial = _partial(arch)
-    n_pairs = int(HEAD_DIM * partial) // 2
-    rng = random.Random(seed)
-    return RopeSpec(
-        "longrope",
-        base=10_000.0,
-        head_dim=HEAD_DIM,
-        partial_rotary_factor=partial,
-        original_length=L,
-        target_length=4 * L,
-        long_factor=[rng.uniform(1.0, 8.0) for _ in range(n_pairs)],
-        short_factor=[rng.uniform(0.8, 1.3) for _ in range(n_pairs)],
-        **kw,
-    )
-
-
-def _logits(model, length: int, seed: int = 1) -> torch.Tensor:
-    ids = torch.randint(
-        3, model.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed)
-    )
-    with torch.no_grad():
-        return model(input_ids=ids).logits
+    return random_longrope(HEAD_DIM, L, partial=_partial(arch), seed=seed, **kw)
 
 
 def _method_specs(arch: str):
@@ -81,7 +59,9 @@ def test_installed_rotary_matches_native_transformers_model(arch):
             )
             ours = apply_rope(tiny_model(tiny_config(arch, partial_rotary_factor=_partial(arch))), spec)
             assert isinstance(ours.model.rotary_emb, ScaledRotaryEmbedding)
-            torch.testing.assert_close(_logits(ours, length), _logits(native, length), rtol=0, atol=0)
+            torch.testing.assert_close(
+                random_logits(ours, length), random_logits(native, length), rtol=0, atol=0
+            )
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -92,7 +72,9 @@ def test_export_reloads_in_stock_transformers_with_identical_logits(arch, tmp_pa
     reloaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     assert not any(isinstance(m, ScaledRotaryEmbedding) for m in reloaded.modules()), "stock classes only"
     for length in (L // 2, L, L + 1, 3 * L):
-        torch.testing.assert_close(_logits(reloaded, length), _logits(model, length), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            random_logits(reloaded, length), random_logits(model, length), rtol=0, atol=1e-5
+        )
     cfg = json.loads((out / "config.json").read_text())
     v5 = dict(cfg["rope_parameters"])
     assert cfg["rope_scaling"] == v5, "v4 rope_scaling must be identical to v5 rope_parameters"
@@ -112,7 +94,7 @@ def test_v4_only_config_reads_the_same(tmp_path):
     del cfg["rope_parameters"]
     (out / "config.json").write_text(json.dumps(cfg))
     reloaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
-    torch.testing.assert_close(_logits(reloaded, 3 * L), _logits(model, 3 * L), rtol=0, atol=1e-5)
+    torch.testing.assert_close(random_logits(reloaded, 3 * L), random_logits(model, 3 * L), rtol=0, atol=1e-5)
 
 
 def test_export_of_other_methods_round_trips(tmp_path):
@@ -120,7 +102,9 @@ def test_export_of_other_methods_round_trips(tmp_path):
         model = apply_rope(tiny_model(tiny_config("llama")), spec)
         out = save_extended(model, spec, tmp_path / spec.method)
         reloaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
-        torch.testing.assert_close(_logits(reloaded, 3 * L), _logits(model, 3 * L), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            random_logits(reloaded, 3 * L), random_logits(model, 3 * L), rtol=0, atol=1e-5
+        )
 
 
 def test_export_overwrites_atomically(tmp_path):

@@ -9,7 +9,6 @@ model must carry it even when it is 1.0 (real Phi-3-mini configs have no such ke
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ from longctx.rope import (
     save_extended,
     to_hf_config,
 )
-from tests.tiny import tiny_model
+from tests.tiny import random_logits, random_longrope, tiny_model
 
 L = 64  # pretrained length of the tiny models
 HIDDEN, HEADS = 64, 4
@@ -70,26 +69,7 @@ def _checkpoint_config(tmp_path, *, partial=None, original=L, rope_scaling=None)
 
 
 def _longrope(partial: float, seed: int = 0) -> RopeSpec:
-    n_pairs = int(HEAD_DIM * partial) // 2
-    rng = random.Random(seed)
-    return RopeSpec(
-        "longrope",
-        base=10_000.0,
-        head_dim=HEAD_DIM,
-        partial_rotary_factor=partial,
-        original_length=L,
-        target_length=4 * L,
-        long_factor=[rng.uniform(2.0, 8.0) for _ in range(n_pairs)],
-        short_factor=[rng.uniform(0.8, 1.3) for _ in range(n_pairs)],
-    )
-
-
-def _logits(model, length: int, seed: int = 1) -> torch.Tensor:
-    ids = torch.randint(
-        3, model.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed)
-    )
-    with torch.no_grad():
-        return model(input_ids=ids).logits
+    return random_longrope(HEAD_DIM, L, partial=partial, seed=seed, low=2.0)
 
 
 # (name, partial_rotary_factor in the checkpoint, top-level original_max_position_embeddings, rope_scaling)
@@ -118,9 +98,13 @@ def test_phi_export_reloads_in_stock_transformers(tmp_path, name, partial, origi
     reloaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     assert not any(isinstance(m, ScaledRotaryEmbedding) for m in reloaded.modules()), "stock classes only"
     for length in (L // 2, L, L + 1, 3 * L):  # ≤ L: short factors; > L: long factors
-        torch.testing.assert_close(_logits(reloaded, length), _logits(model, length), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            random_logits(reloaded, length), random_logits(model, length), rtol=0, atol=1e-5
+        )
     with factor_set(model, "short"):  # the long rows really switched to the long factors
-        assert not torch.allclose(_logits(model, 3 * L), _logits(reloaded, 3 * L), rtol=0, atol=1e-3)
+        assert not torch.allclose(
+            random_logits(model, 3 * L), random_logits(reloaded, 3 * L), rtol=0, atol=1e-3
+        )
 
     cfg = json.loads((out / "config.json").read_text())
     rope = cfg["rope_parameters"]
