@@ -29,6 +29,12 @@ class Settings(FactorSearchSettings):
     pretrained RoPE; vLLM-exportable, not stock HF); ``keep`` leaves the spec's as it is."""
     balance_points: int = Field(9, ge=2)
     """Factors tried between 1 and transformers' default by the ``balanced`` search."""
+    retrieval_weight: float = Field(1.0, ge=0.0)
+    """Weight of retrieval at ``target_length`` in the short-factor objective: score =
+    ppl / ppl₀ + w · needle-ppl / needle-ppl₀ (₀: the starting spec), the needle term being the
+    loss on the answer tokens of needles planted in real documents (LongRoPE2 §3.2's needle-driven
+    objective, one needle at mid depth; passkey prompts where a needle does not fit the length).
+    0: perplexity only (LongRoPE §3.3)."""
 
 
 def check(recipe, index: int, where: str) -> list[str]:
@@ -50,7 +56,43 @@ preflight = search.preflight
 
 
 def run(stage, ctx) -> dict:
-    return search.factor_search(stage, ctx, "short_factor", prepare=_attention_policy)
+    return search.factor_search(stage, ctx, "short_factor", prepare=_attention_policy, objective=_objective)
+
+
+def _retrieval_samples(stage, ctx) -> list:
+    """One needle at mid depth in each of ``num_samples`` real documents of ``target_length``
+    tokens; where a needle and its question do not fit that length (L = 128), passkey prompts at
+    spread depths instead (what the tiny base is pretrained to retrieve)."""
+    from longctx.data.errors import DataError
+    from longctx.data.needle import needle_ppl_sample
+    from longctx.data.passkey import passkey_sample
+
+    tok, L, seed = ctx.tokenizer(), stage.target_length, ctx.recipe.seed
+    docs = [d for d in ctx.documents() if len(d) >= L][: stage.num_samples]
+    try:
+        return [needle_ppl_sample(tok, doc, L, [0.5], seed=seed + i) for i, doc in enumerate(docs)]
+    except DataError:
+        n = stage.num_samples
+        return [passkey_sample(tok, L, depth=(i + 0.5) / n, seed=seed + i) for i in range(n)]
+
+
+def _objective(stage, ctx, model, template, scorer):
+    """Perplexity plus, with ``retrieval_weight`` > 0, retrieval at ``target_length``: a readjustment
+    that lowers short perplexity by breaking retrieval at L scores worse than one that keeps it."""
+    if stage.retrieval_weight == 0 or stage.objective != "ppl":
+        return scorer, {}
+    from longctx.eval.scorer import build_scorer
+
+    needles = build_scorer(model, _retrieval_samples(stage, ctx), "needle_ppl", factor_set="short")
+    ppl0, needle0 = scorer([template])[0], needles([template])[0]
+    w = stage.retrieval_weight
+
+    def combined(specs):
+        return [p / ppl0 + w * n / needle0 for p, n in zip(scorer(specs), needles(specs))]
+
+    return combined, {
+        "objective_terms": {"ppl_start": ppl0, "needle_ppl_start": needle0, "retrieval_weight": w}
+    }
 
 
 def _attention_policy(stage, ctx, model, spec):

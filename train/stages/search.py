@@ -92,9 +92,12 @@ def search_samples(stage, ctx) -> list:
     ]
 
 
-def factor_search(stage, ctx, field: str, prepare=None) -> dict:
+def factor_search(stage, ctx, field: str, prepare=None, objective=None) -> dict:
     """Search ``field`` ("long_factor" or "short_factor") of the stage's spec on its model;
-    ``prepare(stage, ctx, model, spec) -> (spec, record)`` may change the template first."""
+    ``prepare(stage, ctx, model, spec) -> (spec, record)`` may change the template first and
+    ``objective(stage, ctx, model, template, scorer) -> (score, record)`` extend the scorer."""
+    import dataclasses
+
     from longctx.eval.scorer import build_scorer
     from longctx.rope import apply_rope
     from longctx.rope.search import readjust, run_search
@@ -118,6 +121,9 @@ def factor_search(stage, ctx, field: str, prepare=None) -> dict:
     scorer = build_scorer(
         model, samples, stage.objective, factor_set=kind, abandon_margin=stage.abandon_margin
     )
+    if objective is not None:
+        scorer, more = objective(stage, ctx, model, previous, scorer)
+        record.update(more)
     if field == "long_factor":
         # run_search turns a non-longrope template into all-one factors with the same geometry
         template = previous.replace(target_length=stage.target_length)
@@ -126,6 +132,14 @@ def factor_search(stage, ctx, field: str, prepare=None) -> dict:
         result = readjust(
             stage.algorithm, previous, scorer, stage.target_length, max_factor=stage.max_factor, **kwargs
         )
+        # a readjustment never leaves short inputs worse than it found them: the starting short
+        # factors are a candidate too (an evolution's first population need not contain them)
+        start = scorer([previous])[0]
+        record["start_score"] = start
+        if start <= result.score:
+            result = dataclasses.replace(result, spec=previous, score=start)
+            record["kept_start"] = True
+            ctx.log(f"[{stage.name}] no candidate beat the starting short factors ({start:.4f}); kept them")
     if ctx.accelerator.is_main_process:
         result.spec.to_json(stage_dir / "spec.json")
     ctx.release(model)
