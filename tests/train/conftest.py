@@ -36,16 +36,22 @@ def start_cli(recipe: Path, *extra: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 300) -> None:
-    """SIGKILL ``proc``'s group as soon as ``marker`` exists (or it exits, or ``timeout`` passes)."""
+def kill_when(proc: subprocess.Popen, marker: Path | str, timeout: float = 300) -> None:
+    """SIGKILL ``proc``'s group as soon as ``marker`` exists (a path, or a glob pattern such as
+    ``.../checkpoints/step-*/COMPLETE``: a checkpoint may be pruned before a poll sees it), or when
+    ``timeout`` passes. Fails the test if the run ended on its own first: nothing was interrupted."""
+    import contextlib
+    import glob
     import signal
     import time
 
     deadline = time.time() + timeout
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    while not glob.glob(str(marker)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):  # it may have ended on its own
+        os.killpg(proc.pid, signal.SIGKILL)
+    code = proc.wait()
+    assert code != 0, f"the run finished (exit {code}) before {marker} was seen: nothing was interrupted"
 
 
 @pytest.fixture(scope="session")

@@ -43,18 +43,18 @@ def _assert_same(a: dict, b: dict) -> None:
 def test_sigkill_in_second_training_stage_resumes_to_identical_weights(tmp_path, tiny_corpus):
     """Before: one Accelerator saved every model it ever prepared, so a fresh process restored the
     finished base stage's weights (index 0) into the fine-tune it resumed (off by up to 3e-2)."""
-    stages = [BASE, _ft(40)]
+    stages = [BASE, _ft(200)]  # long enough that the kill lands mid-stage on a fast machine too
     full = write_recipe(tmp_path / "full.yaml", tiny_corpus, tmp_path / "full", stages=stages)
     run_cli(full, timeout=400)
     killed = write_recipe(tmp_path / "killed.yaml", tiny_corpus, tmp_path / "killed", stages=stages)
-    kill_when(start_cli(killed), tmp_path / "killed" / "ft" / "checkpoints" / "step-4" / "COMPLETE")
+    kill_when(start_cli(killed), tmp_path / "killed" / "ft" / "checkpoints" / "step-*" / "COMPLETE")
     assert not (tmp_path / "killed" / "ft" / "COMPLETE").exists()
     ckpt = sorted((tmp_path / "killed" / "ft" / "checkpoints").glob("step-*/trainer_state.json"))[-1]
     owner = json.loads(ckpt.read_text()).get("stage")
     others = sorted(p.name for p in ckpt.parent.glob("*_1*"))  # a second model / optimizer
     run_cli(killed, timeout=400)
     result = json.loads((tmp_path / "killed" / "ft" / "result.json").read_text())
-    assert result["resumed_from_step"] in range(4, 40, 4)
+    assert result["resumed_from_step"] in range(4, 200, 4)
     _assert_same(_weights(tmp_path / "full" / "ft"), _weights(tmp_path / "killed" / "ft"))
     assert owner == "ft", "a checkpoint names its stage"
     assert not others, f"a checkpoint holds its own stage's model and optimizer only, found {others}"
