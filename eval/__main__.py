@@ -96,9 +96,6 @@ def targets_from_args(args) -> list[EvalTarget]:
 
 
 def settings_from_args(args) -> EvalSettings:
-    limit = args.short_limit
-    if limit is not None and float(limit).is_integer():
-        limit = int(limit)
     return EvalSettings(
         lengths=args.lengths,
         depths=args.depths,
@@ -114,11 +111,9 @@ def settings_from_args(args) -> EvalSettings:
         max_new_tokens=args.max_new_tokens,
         short_tasks=args.short_tasks,
         num_fewshot=args.num_fewshot,
-        short_limit=limit,
+        short_limit=args.short_limit,
         long_tasks=args.long_tasks,
-        long_limit=int(args.long_limit)
-        if args.long_limit and float(args.long_limit).is_integer()
-        else args.long_limit,
+        long_limit=args.long_limit,
         progress=not args.no_progress,
     )
 

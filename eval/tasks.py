@@ -61,6 +61,13 @@ class EvalSettings:
     long_limit: int | float | None = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # lm-eval reads an int limit as a count of examples and a float as a share: 5.0 means 5
+        for name in ("short_limit", "long_limit"):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(self, name, int(value))
+
 
 def read_documents(source: str) -> list[str]:
     """Texts of a demo corpus name, or of a local .txt / .jsonl (``text`` field) / .parquet file or

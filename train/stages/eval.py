@@ -126,9 +126,6 @@ def run(stage, ctx) -> dict:
     out = ctx.stage_dir(stage.name)
     if ctx.accelerator.is_main_process:
         values = {key: getattr(stage, key) for key in SETTINGS_FIELDS}
-        for key in ("short_limit", "long_limit"):
-            if values[key] is not None and float(values[key]).is_integer():
-                values[key] = int(values[key])  # lm-eval: an int is a count, a float a share
         settings = EvalSettings(**values, seed=ctx.recipe.seed, progress=True)
         lines = stage.runs or [
             EvalRun(name=stage.name, model_from=stage.model_from, spec_from=stage.spec_from)
