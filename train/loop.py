@@ -33,7 +33,7 @@ from longctx.rope import set_factor_set
 from longctx.train import sequence_parallel as sp
 from longctx.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from longctx.train.recipe import TrainStage
-from longctx.train.tiled_loss import causal_lm_loss_sum, tiled_loss_sum
+from longctx.train.tiled_loss import causal_lm_loss_sum, hidden_loss_sum
 
 
 class TrainingError(RuntimeError):
@@ -145,11 +145,9 @@ def _forward_loss(
     part = sp.shard(batch, layout.rank, layout.size)
     # no attention_mask: Ulysses drops masks built for a shard; flash finds documents from the
     # (gathered, per-document) position ids, sdpa applies a plain causal mask to the whole row
-    lm = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped  # peft
-    hidden = lm.model(
-        input_ids=part["input_ids"].to(device), position_ids=part["position_ids"].to(device), use_cache=False
-    ).last_hidden_state  # [1, shard, h]: the shard's logits are taken a slice at a time
-    total = tiled_loss_sum(lm.lm_head, hidden, part["shift_labels"].to(device))
+    inputs = {"input_ids": part["input_ids"].to(device), "position_ids": part["position_ids"].to(device)}
+    # the shard's logits are taken a slice at a time
+    total = hidden_loss_sum(unwrapped, {**inputs, "use_cache": False}, part["shift_labels"])
     return sp.group_sum(total, sp.sp_group()) / step_tokens
 
 

@@ -18,9 +18,10 @@ the groups as its ``mpu`` and reduces gradients over them. This module only does
   of a long row has ``max(position_ids) + 1 ≤ L`` — would silently use the short factors);
 - **labels**: shifted on the whole row before slicing (``shift_labels``), so the token that
   predicts the first token of the next shard keeps its label;
-- **the loss**: each rank's sum of token losses and count of valid tokens are all-reduced over
-  the SP group (differentiable), so every rank holds the row's token-weighted mean — the same
-  number one process gets — and a shard with no valid label contributes nothing.
+- **the loss**: each rank's sum of token losses (``train.tiled_loss``) is all-reduced over the
+  SP group (:func:`group_sum`, differentiable) and divided by the step's label tokens, so every
+  rank holds the row's token-weighted share — the number one process gets — and a shard with
+  no valid label contributes nothing.
 """
 
 from __future__ import annotations
@@ -89,40 +90,18 @@ def shard(batch: dict, rank: int, size: int) -> dict:
     }
 
 
-def loss_sum(logits: torch.Tensor, shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of token losses, number of valid tokens) of one shard; logits [batch, chunk, vocab]."""
-    total = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        shifted.reshape(-1).to(logits.device),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return total, (shifted != IGNORE_INDEX).sum().to(total.device)
-
-
 def group_sum(total: torch.Tensor, group=None) -> torch.Tensor:
-    """Σ of the group's shard sums on every rank (differentiable all-reduce; see :func:`group_mean`)."""
+    """Σ of the group's shard sums on every rank (differentiable all-reduce).
+
+    Every rank gets the same value; backward sends each rank's share of the gradient to its own
+    shard (the all-reduce's backward sums the N identical upstream gradients, and the engine's
+    average over the N ranks of the group divides them back).
+    """
     if group is None:
         return total
     from torch.distributed.nn.functional import all_reduce
 
     return all_reduce(total, group=group)
-
-
-def group_mean(total: torch.Tensor, count: torch.Tensor, group=None) -> torch.Tensor:
-    """The token-weighted mean over the SP group: Σ sums / Σ counts (differentiable all-reduce).
-
-    Every rank gets the same value; backward sends each rank's share of the gradient to its own
-    shard's logits (the all-reduce's backward sums the N identical upstream gradients, and the
-    engine's average over the N ranks of the group divides them back).
-    """
-    if group is None:
-        return total / count.clamp(min=1)
-    from torch.distributed.nn.functional import all_reduce
-
-    count = count.detach().float()
-    torch.distributed.all_reduce(count, group=group)
-    return all_reduce(total, group=group) / count.clamp(min=1)
 
 
 def sp_group():

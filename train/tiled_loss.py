@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from longctx.data.samples import IGNORE_INDEX
+from longctx.train.sequence_parallel import shift_labels
 
 LOGITS_PER_SHARD = 1 << 28
 """Most logits entries one slice materialises (fp32: 1 GiB)."""
@@ -60,6 +61,19 @@ def tiled_loss_sum(
     return total
 
 
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``*ForCausalLM`` (body ``.model`` + ``lm_head``) inside a peft wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def hidden_loss_sum(model: torch.nn.Module, inputs: dict, shifted: torch.Tensor, shards: int | None = None):
+    """Σ token losses of the causal LM's body on ``inputs`` (no labels) against ``shifted``
+    [batch, seq], through ``lm_head`` a slice at a time (:func:`tiled_loss_sum`)."""
+    lm = causal_lm(model)
+    hidden = lm.model(**inputs).last_hidden_state  # [batch, seq, h]
+    return tiled_loss_sum(lm.lm_head, hidden, shifted.to(hidden.device), shards)
+
+
 def causal_lm_loss_sum(
     model: torch.nn.Module, inputs: dict, shards: int | None = None
 ) -> tuple[torch.Tensor, int]:
@@ -67,8 +81,5 @@ def causal_lm_loss_sum(
     ``position_ids`` and attention kwargs), through its body and ``lm_head`` — transformers'
     loss (shift by one, ignore -100) without the full logits."""
     inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the adapted LM
-    hidden = lm.model(**inputs).last_hidden_state  # [batch, seq, h]
-    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].to(hidden.device)
-    return tiled_loss_sum(lm.lm_head, hidden, shifted, shards), int((shifted != IGNORE_INDEX).sum())
+    shifted = shift_labels(inputs.pop("labels"))
+    return hidden_loss_sum(model, inputs, shifted, shards), int((shifted != IGNORE_INDEX).sum())

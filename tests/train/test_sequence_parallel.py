@@ -14,6 +14,7 @@ from longctx.rope import RopeSpec, apply_rope, set_factor_set
 from longctx.rope.install import installed_rotaries
 from longctx.train import sequence_parallel as sp
 from longctx.train.load import RecipeError, load_recipe
+from longctx.train.tiled_loss import tiled_loss_sum
 from tests.tiny import tiny_config, tiny_model
 
 from .conftest import launch, model_recipe, run_cli
@@ -69,20 +70,28 @@ def test_every_shard_uses_the_global_rows_factor_set():
 
 
 def test_token_weighted_shard_losses_equal_the_full_row_loss():
+    """Each shard's loss sum (the tiled loss the SP loop takes) over the row's valid labels is the
+    full row's loss; a mean of per-shard means would not be."""
     model, batch = _longrope_model(), _long_row_batch()
     set_factor_set(model, batch["row_kind"])
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch["position_ids"])
+        hidden = model.model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"]
+        ).last_hidden_state
     sums, counts, means = [], [], []
     for r in range(4):  # 4 shards of 32 tokens
         part = sp.shard(batch, r, 4)
-        logits = out.logits[:, r * 32 : (r + 1) * 32]
-        total, count = sp.loss_sum(logits, part["shift_labels"])
+        with torch.no_grad():
+            total = tiled_loss_sum(
+                model.lm_head, hidden[:, r * 32 : (r + 1) * 32], part["shift_labels"], shards=2
+            )
+        count = (part["shift_labels"] != sp.IGNORE_INDEX).sum()
         sums.append(total)
         counts.append(count)
-        means.append(sp.group_mean(total, count))  # one shard alone: its own mean
+        means.append(total / count.clamp(min=1))  # one shard alone: its own mean
     assert [int(c) for c in counts] != [counts[0]] * 4, "shards hold different numbers of valid labels"
-    weighted = sp.group_mean(torch.stack(sums).sum(), torch.stack(counts).sum())
+    weighted = sp.group_sum(torch.stack(sums).sum()) / torch.stack(counts).sum()
     torch.testing.assert_close(weighted, out.loss, rtol=1e-6, atol=1e-6)
     assert abs(float(torch.stack(means).mean()) - float(out.loss)) > 1e-4, "an unweighted mean would be wrong"
     # the label of the token that starts shard 1 is kept by shard 0's last position
@@ -93,9 +102,11 @@ def test_token_weighted_shard_losses_equal_the_full_row_loss():
 
 
 def test_a_shard_with_no_valid_labels_adds_nothing():
-    logits = torch.randn(1, 8, 16)
-    total, count = sp.loss_sum(logits, torch.full((1, 8), sp.IGNORE_INDEX))
-    assert float(total) == 0.0 and int(count) == 0 and float(sp.group_mean(total, count)) == 0.0
+    head = torch.nn.Linear(4, 16, bias=False)
+    ignored = torch.full((1, 8), sp.IGNORE_INDEX)
+    total = tiled_loss_sum(head, torch.randn(1, 8, 4), ignored)
+    count = (ignored != sp.IGNORE_INDEX).sum()
+    assert float(total) == 0.0 and int(count) == 0 and float(total / count.clamp(min=1)) == 0.0
 
 
 def _stage(length: int = 2 * L, steps: int = 4) -> list[dict]:
