@@ -96,7 +96,8 @@ def _zero3(ctx: RunContext) -> bool:
 
 
 def fit(stage, ctx: RunContext, spec_of: Callable) -> dict:
-    """Train ``stage`` from its source model with the spec ``spec_of(model)``; save; release."""
+    """Train ``stage`` from its source model with the spec ``spec_of(model)`` and save it (the
+    runner releases the engine and optimizer when the stage returns)."""
     batches = _batches(ctx, stage)  # the data first: a data error costs no model load
     model = ctx.load_model(stage, training=True)
     spec = spec_of(model)
@@ -145,7 +146,6 @@ def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
             tiled_loss=tiled,
         )
     _save_model(ctx, result.model, spec, stage_dir, lora=stage.lora)
-    ctx.release(result.model, model, bare)
     return {
         "steps": result.steps,
         "final_loss": result.final_loss,

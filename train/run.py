@@ -160,10 +160,6 @@ def _preflight(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> None:
 
 
 def _run_stages(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> dict:
-    import gc
-
-    import torch
-
     accelerator = ctx.accelerator
     try:
         _preflight(recipe, recipe_file, ctx, stages)
@@ -189,10 +185,9 @@ def _run_stages(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> dict:
         except _stage_errors() as err:
             raise RecipeError([f"{recipe_file}: stages.{stage.name} ({stage.kind}): {err}"]) from err
         finally:
-            ctx.release()  # nothing a stage prepared outlives it, also when it failed
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            # nothing a stage prepared outlives it, also when it failed: its locals are gone here,
+            # so this collect frees its model; the one place a stage's resources are released
+            ctx.release()
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
         if accelerator.is_main_process:
             write_json(stage_dir / "result.json", result)

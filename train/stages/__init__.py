@@ -9,7 +9,8 @@ A stage module holds everything its kind is:
 - ``check(recipe, index, where) -> list[str]`` — its checks against the rest of the recipe;
 - ``plan(recipe, stage) -> str`` — its ``--dry-run`` line;
 - ``preflight(stage, ctx) -> list[str]`` (optional) — data checks run before any model loads;
-- ``run(stage, ctx) -> dict`` — loads its model once, runs, saves, releases what it prepared.
+- ``run(stage, ctx) -> dict`` — loads its model once, runs, saves; when it returns (or fails) the
+  runner releases everything it prepared (``RunContext.release``) before the next stage.
 
 Adding a stage kind = one new module + one line below. Importing this package imports no
 execution code (accelerate, deepspeed, peft are imported inside ``run``).

@@ -36,7 +36,6 @@ def run(stage, ctx) -> dict:
         spec = ctx.spec_for(stage, model)
         save_extended(apply_rope(model, spec), spec, out, tokenizer=ctx.tokenizer())
         spec.to_json(ctx.stage_dir(stage.name) / "spec.json")
-        ctx.release(model)
     ctx.accelerator.wait_for_everyone()
     from longctx.rope import RopeSpec
 

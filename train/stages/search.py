@@ -142,7 +142,6 @@ def factor_search(stage, ctx, field: str, prepare=None, objective=None) -> dict:
             ctx.log(f"[{stage.name}] no candidate beat the starting short factors ({start:.4f}); kept them")
     if ctx.accelerator.is_main_process:
         result.spec.to_json(stage_dir / "spec.json")
-    ctx.release(model)
     return {
         "score": result.score,
         "objective": stage.objective,
@@ -184,7 +183,6 @@ def _dpe(stage, ctx) -> dict:
     )  # fmt: skip
     if ctx.accelerator.is_main_process:
         result.spec.to_json(ctx.stage_dir(stage.name) / "spec.json")
-    ctx.release(model)
     sweeps = [{str(k): v for k, v in sweep.items()} for sweep in result.sweeps]
     return {"objective": stage.objective, "sweeps": sweeps, "spec": result.spec.to_dict()}
 
