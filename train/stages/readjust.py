@@ -95,8 +95,10 @@ def _objective(stage, ctx, model, template, scorer):
     }
 
 
-def _attention_policy(stage, ctx, model, spec):
-    """The template of the short-factor search under the stage's attention policy, and a record."""
+def _attention_policy(stage, ctx, model, spec, scorer):
+    """The template of the short-factor search under the stage's attention policy, and a record.
+    ``balanced`` scores short inputs with the search's own scorer when it is plain perplexity at
+    ``target_length`` (same rows; its cache then serves the search's first evaluations)."""
     from longctx.eval.perplexity import truncated_rows
     from longctx.eval.scorer import build_scorer
     from longctx.rope.attention_policy import METHODS, balance_attention_factor, with_attention_policy
@@ -105,19 +107,26 @@ def _attention_policy(stage, ctx, model, spec):
         return spec, {"attention_policy": "keep"}
     if stage.attention == "short_original":
         return with_attention_policy(spec, "short_original"), {"attention_policy": "short_original"}
-    tok = ctx.tokenizer()
-    L, long_length = stage.target_length, spec.target_length
-    docs = ctx.documents()
-    rows_at = {n: truncated_rows([d for d in docs if len(d) >= n], n, bos_id=tok.bos_token_id, max_docs=stage.num_samples)
-               for n in (L, long_length)}  # fmt: skip
-    if len(rows_at[long_length]) < 1:
+    tok, docs = ctx.tokenizer(), ctx.documents()
+
+    def rows(n: int) -> list:
+        return truncated_rows(
+            [d for d in docs if len(d) >= n], n, bos_id=tok.bos_token_id, max_docs=stage.num_samples
+        )
+
+    long_rows = rows(spec.target_length)
+    if not long_rows:
         from longctx.data.errors import DataError
 
         raise DataError(
-            f"attention: balanced needs documents of >= {long_length} tokens (the spec's L'); found none"
+            f"attention: balanced needs documents of >= {spec.target_length} tokens (the spec's L'); found none"
         )
-    short = build_scorer(model, rows_at[L], "ppl", factor_set="short")
-    long = build_scorer(model, rows_at[long_length], "ppl", factor_set="long")
+    short = (
+        scorer
+        if stage.objective == "ppl"
+        else build_scorer(model, rows(stage.target_length), "ppl", factor_set="short")
+    )
+    long = build_scorer(model, long_rows, "ppl", factor_set="long")
     chosen, table = balance_attention_factor(spec, short, long, points=stage.balance_points)
     ctx.log(f"[{stage.name}] attention factor {chosen.attention_factor:.4f} for both sets (balanced)")
     return chosen, {

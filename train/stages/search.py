@@ -94,7 +94,7 @@ def search_samples(stage, ctx) -> list:
 
 def factor_search(stage, ctx, field: str, prepare=None, objective=None) -> dict:
     """Search ``field`` ("long_factor" or "short_factor") of the stage's spec on its model;
-    ``prepare(stage, ctx, model, spec) -> (spec, record)`` may change the template first and
+    ``prepare(stage, ctx, model, spec, scorer) -> (spec, record)`` may change the template first and
     ``objective(stage, ctx, model, template, scorer) -> (score, record)`` extend the scorer."""
     import dataclasses
 
@@ -113,14 +113,14 @@ def factor_search(stage, ctx, field: str, prepare=None, objective=None) -> dict:
         max_evaluations=stage.max_evaluations,
         progress=ctx.accelerator.is_main_process,
     )
-    record = {}
-    if prepare is not None:
-        previous, record = prepare(stage, ctx, model, previous)
-    apply_rope(model, previous)
     kind = "long" if field == "long_factor" else "short"
     scorer = build_scorer(
         model, samples, stage.objective, factor_set=kind, abandon_margin=stage.abandon_margin
     )
+    record = {}
+    if prepare is not None:
+        previous, record = prepare(stage, ctx, model, previous, scorer)
+    apply_rope(model, previous)
     if objective is not None:
         scorer, more = objective(stage, ctx, model, previous, scorer)
         record.update(more)
