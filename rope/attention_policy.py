@@ -82,11 +82,17 @@ def balance_attention_factor(
     long_score: Callable[[list[RopeSpec]], list[float]],
     *,
     points: int = 9,
+    short_tolerance: float | None = None,
 ) -> tuple[RopeSpec, list[dict]]:
-    """The ``balanced`` factor: the shared factor f in [1, f_hf] whose worse relative loss,
-    max(short(f) / short(1), long(f) / min_f long(f)), is smallest — short inputs lose as
-    little as long inputs give up. Scores are perplexities (lower is better) of the SHORT set at
-    a length ≤ L and of the LONG set at L'. Returns the spec and one row per factor tried."""
+    """The ``balanced`` factor, one shared factor f in [1, f_hf]. Scores are perplexities (lower
+    is better) of the SHORT set at a length ≤ L and of the LONG set at L'.
+
+    - ``short_tolerance`` None: the f whose worse relative loss, max(short(f) / short(1),
+      long(f) / min_f long(f)), is smallest — short inputs lose as little as long inputs give up;
+    - ``short_tolerance`` t: the f with the best long score among those whose short score is
+      within (1 + t) × short(1) — a short-quality budget first (f = 1 always qualifies).
+
+    Returns the spec and one row per factor tried."""
     from longctx.rope.longrope import default_attention_factor
 
     top = default_attention_factor(template)
@@ -98,5 +104,9 @@ def balance_attention_factor(
         {"factor": f, "short": s, "long": lg, "worse": max(s / short[0], lg / best_long)}
         for f, s, lg in zip(grid, short, long)
     ]
-    chosen = min(range(len(rows)), key=lambda i: rows[i]["worse"])
+    if short_tolerance is None:
+        chosen = min(range(len(rows)), key=lambda i: rows[i]["worse"])
+    else:
+        within = [i for i, r in enumerate(rows) if r["short"] <= (1.0 + short_tolerance) * short[0]]
+        chosen = min(within, key=lambda i: rows[i]["long"])
     return specs[chosen], rows

@@ -74,6 +74,26 @@ def test_balance_picks_the_smallest_worse_relative_loss():
     assert 1.0 < chosen.attention_factor < 1.2  # between the two optima: neither side gets all it wants
 
 
+def test_balance_with_a_short_tolerance_keeps_short_inputs_within_budget():
+    """With a short-quality budget the factor is the best for long inputs among those costing
+    short inputs at most (1 + t) × short(1): here f ≤ 1.05 (short = 1 + 4 (f-1)² ≤ 1.01)."""
+    template = _spec()
+
+    def short(specs):
+        return [1.0 + 4 * (s.attention_factor - 1.0) ** 2 for s in specs]
+
+    def long(specs):
+        return [1.0 + 4 * (s.attention_factor - 1.2) ** 2 for s in specs]
+
+    minimax, _ = balance_attention_factor(template, short, long, points=41)
+    chosen, rows = balance_attention_factor(template, short, long, points=41, short_tolerance=0.01)
+    allowed = [r for r in rows if r["short"] <= 1.01]
+    assert chosen.attention_factor == pytest.approx(max(r["factor"] for r in allowed))
+    assert short([chosen])[0] <= 1.01 < short([minimax])[0]  # the minimax choice breaks the budget
+    strict, _ = balance_attention_factor(template, short, long, points=41, short_tolerance=0.0)
+    assert strict.attention_factor == 1.0
+
+
 def test_short_original_restores_a_damaged_short_path():
     """A stock-HF spec whose shared factor (1.6) damages short inputs; under short_original the
     short path is the pretrained RoPE again: the base's logits at L, exactly."""

@@ -24,9 +24,18 @@ def tokenizer(tmp_path_factory):
     return train_demo_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=512)
 
 
-def test_objective_adds_retrieval_relative_to_the_start(tokenizer):
+def _ctx(tokenizer):
     docs = [tokenizer.encode(t[:4000], add_special_tokens=False) for t in load_demo_corpus("kjv")[:3]]
-    ctx = SimpleNamespace(tokenizer=lambda: tokenizer, documents=lambda: docs, recipe=SimpleNamespace(seed=0))
+    return SimpleNamespace(
+        tokenizer=lambda: tokenizer, documents=lambda: docs, recipe=SimpleNamespace(seed=0), log=lambda m: None
+    )
+
+
+def test_objective_adds_retrieval_relative_to_the_start(tokenizer, monkeypatch):
+    ctx = _ctx(tokenizer)
+    docs = ctx.documents()
+    # the model retrieves at L as the search starts (stubbed: a random tiny model retrieves nothing)
+    monkeypatch.setattr(readjust, "_start_retrieves", lambda *a: {"accuracy": 75.0, "retrieves": True})
     stage = readjust.Settings(kind="readjust", name="r", target_length=L, num_samples=3)
     assert stage.retrieval_weight == 1.0 and stage.attention == "balanced"  # the defaults
     samples = readjust._retrieval_samples(stage, ctx)
@@ -48,3 +57,30 @@ def test_objective_adds_retrieval_relative_to_the_start(tokenizer):
     assert combined([damaged])[0] == pytest.approx(want) and want != pytest.approx(2.0)
     off = readjust.Settings(kind="readjust", name="r", target_length=L, num_samples=3, retrieval_weight=0)
     assert readjust._objective(off, ctx, model, start, ppl) == (ppl, {})
+
+
+def test_retrieval_term_only_where_the_start_retrieves_at_L(tokenizer, monkeypatch):
+    """The gate measures passkey accuracy at L with the starting spec installed: a model that
+    retrieves nothing (a random tiny model) gets the plain perplexity objective; one that
+    retrieves some keys gets the retrieval term."""
+    import longctx.eval.passkey as passkey
+
+    ctx = _ctx(tokenizer)
+    stage = readjust.Settings(kind="readjust", name="r", target_length=L, num_samples=2)
+    model = tiny_model(tiny_config("llama", max_position_embeddings=L, vocab_size=len(tokenizer)))
+    start = RopeSpec("longrope", 10_000.0, 16, L, 8 * L, long_factor=tuple(1.0 + i for i in range(8)))
+    apply_rope(model, start)
+    ppl = build_scorer(model, truncated_rows(ctx.documents(), L, bos_id=tokenizer.bos_token_id, max_docs=2), "ppl", factor_set="short")
+    scorer, record = readjust._objective(stage, ctx, model, start, ppl)
+    gate = record["retrieval_gate"]
+    assert scorer is ppl and gate["accuracy"] == 0.0 and not gate["retrieves"] and "objective_terms" not in record
+    seen = []
+
+    def half_right(model_, tok, samples, **kw):
+        seen.extend(s.length for s in samples)
+        return {"accuracy": 50.0}
+
+    monkeypatch.setattr(passkey, "passkey_eval", half_right)
+    scorer, record = readjust._objective(stage, ctx, model, start, ppl)
+    assert seen == [L, L] and record["retrieval_gate"]["retrieves"] and "objective_terms" in record
+    assert scorer([start]) == pytest.approx([2.0])

@@ -29,6 +29,10 @@ class Settings(FactorSearchSettings):
     pretrained RoPE; vLLM-exportable, not stock HF); ``keep`` leaves the spec's as it is."""
     balance_points: int = Field(9, ge=2)
     """Factors tried between 1 and transformers' default by the ``balanced`` search."""
+    short_tolerance: float | None = Field(None, ge=0.0)
+    """``balanced`` with a short-quality budget: the factor best for long inputs among those that
+    cost short perplexity at ``target_length`` at most this fraction (0.02: 2 %) over factor 1.0.
+    None: the factor whose worse relative loss (short or long) is smallest."""
     retrieval_weight: float = Field(1.0, ge=0.0)
     """Weight of retrieval at ``target_length`` in the short-factor objective: score =
     ppl / ppl₀ + w · needle-ppl / needle-ppl₀ (₀: the starting spec), the needle term being the
@@ -83,6 +87,11 @@ def _objective(stage, ctx, model, template, scorer):
         return scorer, {}
     from longctx.eval.scorer import build_scorer
 
+    gate = _start_retrieves(stage, ctx, model)
+    if not gate["retrieves"]:
+        # a model that retrieves nothing at L gives the needle term no signal to keep: perplexity only
+        ctx.log(f"[{stage.name}] passkey at L={stage.target_length}: {gate['accuracy']:.0f} %; retrieval term left out")
+        return scorer, {"retrieval_gate": gate}
     needles = build_scorer(model, _retrieval_samples(stage, ctx), "needle_ppl", factor_set="short")
     ppl0, needle0 = scorer([template])[0], needles([template])[0]
     w = stage.retrieval_weight
@@ -91,8 +100,22 @@ def _objective(stage, ctx, model, template, scorer):
         return [p / ppl0 + w * n / needle0 for p, n in zip(scorer(specs), needles(specs))]
 
     return combined, {
-        "objective_terms": {"ppl_start": ppl0, "needle_ppl_start": needle0, "retrieval_weight": w}
+        "retrieval_gate": gate,
+        "objective_terms": {"ppl_start": ppl0, "needle_ppl_start": needle0, "retrieval_weight": w},
     }
+
+
+def _start_retrieves(stage, ctx, model) -> dict:
+    """Passkey accuracy at ``target_length`` of the model as the search starts (its starting spec
+    installed): the retrieval term joins the objective only where the model retrieves at L."""
+    from longctx.eval.passkey import passkey_eval, passkey_samples
+
+    n = stage.num_samples
+    samples = passkey_samples(
+        ctx.tokenizer(), [stage.target_length], [(i + 0.5) / n for i in range(n)], seed=ctx.recipe.seed + 7
+    )
+    accuracy = passkey_eval(model, ctx.tokenizer(), samples, progress=False)["accuracy"]
+    return {"passkey_samples": n, "accuracy": accuracy, "retrieves": accuracy > 0}
 
 
 def _attention_policy(stage, ctx, model, spec, scorer):
@@ -127,10 +150,13 @@ def _attention_policy(stage, ctx, model, spec, scorer):
         else build_scorer(model, rows(stage.target_length), "ppl", factor_set="short")
     )
     long = build_scorer(model, long_rows, "ppl", factor_set="long")
-    chosen, table = balance_attention_factor(spec, short, long, points=stage.balance_points)
+    chosen, table = balance_attention_factor(
+        spec, short, long, points=stage.balance_points, short_tolerance=stage.short_tolerance
+    )
     ctx.log(f"[{stage.name}] attention factor {chosen.attention_factor:.4f} for both sets (balanced)")
     return chosen, {
         "attention_policy": "balanced",
         "attention_factor": chosen.attention_factor,
+        "short_tolerance": stage.short_tolerance,
         "balance": table,
     }
