@@ -1,7 +1,7 @@
 """Reproduce the papers' tables in miniature (tiny base) and on SmolLM2-135M; write docs/REPRODUCTION.md.
 
     python benchmarks/reproduce.py                      # everything (hours on 2 CPU cores)
-    python benchmarks/reproduce.py --only tiny,efficiency  # the tiny-base tables (~2 h)
+    python benchmarks/reproduce.py --only tiny,finetune,efficiency  # the tiny-base tables (hours)
     python benchmarks/reproduce.py --only smollm2_32k   # SmolLM2 at 32k only (hours)
     python benchmarks/reproduce.py --report-only        # rebuild the documents from finished runs
 
@@ -10,19 +10,23 @@ rerun skips finished stages and resumes an interrupted one; deleting ``outputs/r
 recomputes that experiment. The steps:
 
 1. the tiny base: ``recipes/tiny.yaml`` (the README's main job; L = 128, 2500 steps on the
-   KJV Bible) when ``outputs/tiny/base`` is not complete;
-2. held-out documents: KJV New Testament books (Matthew–Romans) written to
-   ``outputs/repro/data/heldout`` — the perplexity tables use them, the searches score on the
-   first books (Genesis–Leviticus), so no search sees the evaluation text;
-3. ``recipes/repro/no_finetune.yaml`` (PI / NTK / YaRN / LongRoPE ± n̂ / DCIS / LongRoPE2
-   needle vs plain / DPE, no fine-tuning), ``mixed_window.yaml`` and ``long_window.yaml``
-   (LongRoPE2's mixed-window fine-tune vs a long-window one, then LongRoPE's readjustment),
-   then ``no_finetune.yaml`` again at 16× and 32× (:func:`no_finetune_overrides`);
-4. ``benchmarks/search_efficiency.py`` on the same base (evaluations to a perplexity);
-5. ``recipes/smollm2_135m_32k.yaml`` at 16k (overrides below): PI, YaRN, LongRoPE2, DPE;
-6. the same recipe at its own target, 32k = 4× L, with a 4-candidate search
-   (:func:`smollm2_32k_overrides`), written to ``docs/REPRODUCTION_32K.md`` (part
-   ``smollm2_32k``; each 32k forward is ~8.5 min on 2 cores).
+   60 ``kjv_train`` books) when ``outputs/tiny/base`` is not complete. Every perplexity below
+   is measured on the six ``kjv_heldout`` books (Matthew–Romans): no model trained on them and
+   no search scored them (searches score the six ``kjv_validation`` books);
+2. part ``tiny``: ``recipes/repro/no_finetune.yaml`` (PI / NTK / YaRN / LongRoPE ± n̂ / DCIS /
+   LongRoPE2 needle vs plain / DPE, no fine-tuning) at 8×, 16× and 32×
+   (:func:`no_finetune_overrides`);
+3. part ``finetune``: ``mixed_window.yaml`` and ``long_window.yaml`` (LongRoPE2's mixed-window
+   fine-tune vs a token-matched long-window one, then LongRoPE's readjustment), three seeds each
+   (``benchmarks/repro_finetune.py``);
+4. part ``efficiency``: ``benchmarks/search_efficiency.py`` on the same base;
+5. part ``smollm2``: ``recipes/smollm2_135m_32k.yaml`` at 16k (overrides below): PI, YaRN,
+   LongRoPE2, DPE;
+6. part ``smollm2_32k``: the same recipe at its own target, 32k = 4× L, with a 4-candidate
+   search (:func:`smollm2_32k_overrides`), written to ``docs/REPRODUCTION_32K.md`` (each 32k
+   forward is ~8.5 min on 2 cores);
+7. part ``smollm2_short``: SmolLM2's short-context table under each attention-factor policy
+   (``benchmarks/smollm2_short.py``).
 
 Without fine-tuning the tiny base retrieves no key exactly beyond its own length, so the tables
 also give the DIGIT accuracy: the share of the answer's digits the model puts in the right
@@ -49,13 +53,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 OUT = ROOT / "outputs" / "repro"
 DOC = ROOT / "docs" / "REPRODUCTION.md"
 TINY = ROOT / "outputs" / "tiny"
-HELDOUT_BOOKS = range(39, 45)
-"""KJV books (0-based, canonical order) for perplexity: Matthew, Mark, Luke, John, Acts, Romans."""
 SMOL_LENGTH = 16384
 SMOL_EVALS = ("eval_original", "eval_pi", "eval_yarn", "eval_longrope2", "eval_dpe")
 SMOL_METHODS = ("original (no scaling)", "PI", "YaRN", "LongRoPE2 (searched)", "DPE")
 SMOL_STAGES = ("eval_original", "eval_pi", "eval_yarn", "search", "eval_longrope2", "dpe", "eval_dpe")
-PARTS = ("tiny", "efficiency", "smollm2", "smollm2_32k", "smollm2_short")
+PARTS = ("tiny", "finetune", "efficiency", "smollm2", "smollm2_32k", "smollm2_short")
 DOC_32K = ROOT / "docs" / "REPRODUCTION_32K.md"
 SMOL_32K = 32768
 SMOL_32K_BUDGET = 4
@@ -125,23 +127,10 @@ def run_recipe(recipe: str, *overrides: str) -> None:
 
 
 def prepare() -> None:
+    """The tiny base (the main job's pretrain stage) when it has not finished: trained on
+    ``kjv_train``, so the ``kjv_heldout`` books every perplexity here uses are unseen text."""
     if not (TINY / "base" / "COMPLETE").exists():
         run_recipe("recipes/tiny.yaml")
-    from longctx.data.corpus import load_demo_corpus
-
-    books = load_demo_corpus("kjv")
-    for name, keep in (
-        ("heldout", lambda i: i in HELDOUT_BOOKS),
-        ("train", lambda i: i not in HELDOUT_BOOKS),
-    ):
-        target = OUT / "data" / name
-        if not target.exists():
-            tmp = target.with_name(f"{name}.tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
-            for i, text in enumerate(books):
-                if keep(i):
-                    (tmp / f"book{i + 1:02d}.txt").write_text(text)
-            tmp.rename(target)
 
 
 # ----- reading results -----------------------------------------------------------------------
@@ -256,7 +245,11 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def verdict(ok: bool | None) -> str:
+def verdict(ok: bool | str | None) -> str:
+    """True / False / None (not measured yet) / "spread": measured on every seed, no difference
+    beyond the seeds' spread."""
+    if ok == "spread":
+        return "**no difference beyond the seed spread**"
     return "pending" if ok is None else ("**holds**" if ok else "**does not hold**")
 
 
@@ -284,8 +277,6 @@ def build_report() -> str:
         for k in NO_FT_SCALES
     }
     base_runs = by_scale[8]
-    mixed = load_runs(OUT / "mixed_window" / "eval_ppl", OUT / "mixed_window" / "eval_needles")
-    long = load_runs(OUT / "long_window" / "eval_ppl", OUT / "long_window" / "eval_needles")
     smol_dir = OUT / f"smollm2_{SMOL_LENGTH // 1024}k"
     smol = load_runs(*(smol_dir / s for s in SMOL_EVALS))
     eff = load_efficiency()
@@ -297,12 +288,13 @@ def build_report() -> str:
     body += [
         "## 1. Extension with no fine-tuning (LongRoPE Table 2 / LongRoPE2 Table 3 shape)",
         "",
-        "Tiny base: 4-layer 128-dim Llama, L = 128, trained 2500 steps on the KJV Bible by "
-        "`recipes/tiny.yaml` (seed 0). Every method targets L' = 1024 (8×); every search has "
-        "200 distinct candidates, scored on Genesis, Exodus, Leviticus; perplexity on 3 New "
-        "Testament books (Matthew, Mark, Luke; in the base's training corpus, never scored by a "
-        "search) truncated to each length (BOS first). Retrieval at 1024 tokens: 4 samples × "
-        "3 depths for passkey and NIAH, 4 per RULER task, seed 0.",
+        "Tiny base: 4-layer 128-dim Llama, L = 128, trained 2500 steps by `recipes/tiny.yaml` "
+        "(seed 0) on the 54 `kjv_train` books of the KJV Bible, half its rows synthetic passkey "
+        "documents. Every method targets L' = 1024 (8×); every search has 200 distinct candidates, "
+        "scored on the `kjv_validation` books; perplexity on 3 `kjv_heldout` books (Matthew, Mark, "
+        "Luke: never trained on, never scored by a search) truncated to each length (BOS first). "
+        "Retrieval at 1024 tokens: 4 samples × 3 depths for passkey and NIAH, 4 per RULER task, "
+        "seed 0.",
         "",
         "    python benchmarks/reproduce.py --only tiny     # recipes/repro/no_finetune.yaml",
         "",
@@ -355,76 +347,12 @@ def build_report() -> str:
         f"RULER {fmt(rd.get('ruler'), 1)} vs {fmt(ry.get('ruler'), 1)}",
     ))  # fmt: skip
 
-    # --- table 2: fine-tuning ----------------------------------------------------------------
-    body += [
-        "## 2. Mixed-window vs long-window fine-tuning, and short-context readjustment",
-        "",
-        "Same base and DCIS search (8×, identical stage in both recipes). Both fine-tunes: 600 "
-        "steps, micro-batch 2, lr 5e-4 (20 warm-up steps, cosine), seed 0, on the KJV books "
-        "minus the 6 held-out ones (`outputs/repro/data/train`; text only, no synthetic passkey "
-        "documents). Mixed (LongRoPE2): 30 % rows of 128 tokens "
-        "with the original RoPE, 70 % rows of 1024 with the searched factors; long: every row "
-        "1024 with the searched factors. Readjust (LongRoPE): evolution over `short_factor` at "
-        "128 (60 candidates) on the long-window model. Short perplexity = 128 tokens.",
-        "",
-        "    python benchmarks/reproduce.py --only tiny     # recipes/repro/{mixed,long}_window.yaml",
-        "",
-    ]
-    ft_rows = [
-        ("base (original RoPE)", base_runs.get("none (extrapolation)")),
-        ("searched 8×, no fine-tune", base_runs.get("DCIS")),
-        ("mixed-window fine-tune", mixed.get("mixed-window fine-tune")),
-        ("long-window fine-tune", long.get("long-window fine-tune")),
-        ("long-window fine-tune + readjust", long.get("long-window fine-tune + readjust")),
-    ]
-    rows = []
-    for n, t in ft_rows:
-        t = t or {}
-        r = retrieval(t, 1024)
-        rows.append(
-            [n]
-            + [fmt(ppl(t, x)) for x in lengths]
-            + [fmt(r.get("passkey"), 0), fmt(r.get("passkey_digits"), 1)]
-        )
-    body += table(
-        ["model"] + [f"ppl {x}" for x in lengths] + ["passkey % @1024", "passkey digits % @1024"], rows
-    )
-    body.append("")
-    seen = load_runs(OUT / "mixed_window" / "eval_ppl_seen", OUT / "long_window" / "eval_ppl_seen")
-    body += [
-        "The same models on the first 3 KJV books (Genesis, Exodus, Leviticus: text the fine-tunes "
-        "train on and the searches score — the fine-tunes' own domain; stage `eval_ppl_seen`). "
-        "Where these fall and the held-out ones rise, the fine-tune forgets the held-out books "
-        "(which the base saw in pretraining) rather than failing at length:",
-        "",
-    ]
-    body += table(
-        ["model"] + [f"ppl {x}" for x in lengths],
-        [[n] + [fmt(ppl(seen.get(n, {}), x)) for x in lengths] for n, _ in ft_rows],
-    )
-    body.append("")
-    short = {n: ppl(t or {}, 128) for n, t in ft_rows}
-    longp = {n: ppl(t or {}, 1024) for n, t in ft_rows}
-    b, m, lw, lr = (short[k] for k in ("base (original RoPE)", "mixed-window fine-tune", "long-window fine-tune",
-                                       "long-window fine-tune + readjust"))  # fmt: skip
-    claims.append((
-        "LongRoPE2: mixed-window fine-tuning keeps short-context perplexity at least as well as long-window",
-        None if None in (m, lw) else m <= lw,
-        f"ppl@128: base {fmt(b)}, mixed {fmt(m)}, long {fmt(lw)}",
-    ))  # fmt: skip
-    change = None if lr is None or lw is None else 100 * (lr / lw - 1)
-    claims.append((
-        "LongRoPE: short-context readjustment recovers short perplexity after long fine-tuning (by > 1 %)",
-        None if change is None else change < -1.0,
-        f"ppl@128: {fmt(lr)} readjusted vs {fmt(lw)} not ({fmt(change)} %)",
-    ))  # fmt: skip
-    noft = longp["searched 8×, no fine-tune"]
-    for kind in ("mixed", "long"):
-        tuned = longp[f"{kind}-window fine-tune"]
-        claims.append((
-            f"Fine-tuning ({kind} windows) on the searched factors improves 8× perplexity over the searched model alone",
-            _lt(tuned, noft), f"ppl@1024: {fmt(tuned)} fine-tuned vs {fmt(noft)} not",
-        ))  # fmt: skip
+    # --- table 2: fine-tuning (three seeds) -------------------------------------------------
+    from longctx.benchmarks.repro_finetune import section as finetune_section
+
+    ft_body, ft_claims = finetune_section(OUT, load_runs, ppl, retrieval, table)
+    body += ft_body
+    claims += ft_claims
 
     # --- table 3: search efficiency -----------------------------------------------------------
     body += [
@@ -496,6 +424,9 @@ def build_report() -> str:
         f"ppl@16k DPE {fmt(ppl(smol.get('DPE', {}), SMOL_LENGTH))} vs YaRN {fmt(s16['YaRN'])} "
         f"and LongRoPE2 {fmt(s16['LongRoPE2 (searched)'])}",
     ))  # fmt: skip
+
+    # --- table 5: SmolLM2 short-context quality ---------------------------------------------
+    body += smollm2_short_section()
 
     head = [
         "# Reproduction: the papers' claims at small scale",
@@ -732,14 +663,13 @@ def efficiency_section(eff: dict | None, claims: list) -> list[str]:
 
 
 def smollm2_short_section() -> list[str]:
-    """Markdown lines of the SmolLM2 short-context table (part ``smollm2_short``), built from
-    ``benchmarks/smollm2_short.py``'s results file; "pending" where it has not run yet. Not written
-    into a document here: the lines are printed for splicing into docs/REPRODUCTION.md."""
+    """Section 5 of docs/REPRODUCTION.md (part ``smollm2_short``), built from
+    ``benchmarks/smollm2_short.py``'s results file; "pending" where it has not run yet."""
     from longctx.benchmarks.smollm2_short import RESULTS_FILE, report_lines
 
     path = OUT / "smollm2_short" / RESULTS_FILE
     lines = [
-        "## SmolLM2-135M: short-context quality of RoPE extensions at 4× and 8× (no fine-tuning)",
+        "## 5. SmolLM2-135M: short-context quality of RoPE extensions at 4× and 8× (no fine-tuning)",
         "",
         "Short inputs (≤ L = 8192) and 2× L under each method and attention policy, with our LongRoPE2 "
         "search at 8× / 4× scored on a 16k proxy (`benchmarks/smollm2_short.py`; every measurement "
@@ -765,13 +695,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--only: unknown part {unknown[0]!r}; expected some of {', '.join(PARTS)}")
     if not args.report_only:
-        if set(parts) - {"smollm2_short"}:  # the tiny base and held-out books: not for SmolLM2 short
+        if set(parts) & {"tiny", "finetune", "efficiency"}:  # the tiny base: only the tiny parts need it
             prepare()
         if "tiny" in parts:
-            for name in ("no_finetune", "mixed_window", "long_window"):
-                run_recipe(f"recipes/repro/{name}.yaml")
-            for scale in NO_FT_SCALES[1:]:
+            for scale in NO_FT_SCALES:
                 run_recipe("recipes/repro/no_finetune.yaml", *no_finetune_overrides(scale))
+        if "finetune" in parts:
+            from longctx.benchmarks.repro_finetune import run_all
+
+            run_all(run_recipe)
         if "efficiency" in parts:
             for scale, docs, cap in EFFICIENCY_RUNS:
                 run([sys.executable, "benchmarks/search_efficiency.py", "--model", str(TINY / "base" / "model"),
@@ -786,13 +718,15 @@ def main(argv: list[str] | None = None) -> int:
             out = str(OUT / "smollm2_short")
             run([sys.executable, "benchmarks/smollm2_short.py", "--check-bf16", "--out", out])
             run([sys.executable, "benchmarks/smollm2_short.py", "--out", out])
-    docs = [(DOC, build_report)] if set(parts) & {"tiny", "efficiency", "smollm2"} else []
+    docs = (
+        [(DOC, build_report)]
+        if set(parts) & {"tiny", "finetune", "efficiency", "smollm2", "smollm2_short"}
+        else []
+    )
     docs += [(DOC_32K, build_32k_report)] if "smollm2_32k" in parts else []
     for path, build in docs:
         write_text_atomic(path, build())
         print(f"wrote {path}")
-    if "smollm2_short" in parts:
-        print("\n".join(smollm2_short_section()))
     return 0
 
 

@@ -104,9 +104,9 @@ BALANCE_POINTS = 4
 PASSKEY_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 """One passkey sample per depth: 5 samples per length."""
 CHECK_K = 6
+"""Candidates of the bf16 check: the search's first K (its initial seeds, K ≤ population)."""
 BF16_MIN_SPEARMAN = 0.8
 """Below this rank agreement the notes (and a warning) say to search in float32 instead."""
-"""Candidates of the bf16 check: the search's first K (its initial seeds, K ≤ population)."""
 MEMO_FILE = "measurements.jsonl"
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"

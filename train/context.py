@@ -67,6 +67,7 @@ class RunContext:
     accelerator: Accelerator
     _tokenizer: object = None
     _documents: list[list[int]] | None = None
+    _validation: list[list[int]] | None = None
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -222,19 +223,31 @@ class RunContext:
     def documents(self) -> list[list[int]]:
         """Token ids of every document of the recipe's sources (tokenised once, cached on disk)."""
         if self._documents is None:
-            import datasets
-
-            from longctx.data.sources import load_documents
-            from longctx.data.tokenize import tokenize_documents
-
-            cfg = self.recipe.data
-            parts = [load_documents(src) for src in cfg.sources]
-            ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-            cache = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
-            with self.accelerator.main_process_first():
-                tokenized = tokenize_documents(ds, self.tokenizer(), num_proc=cfg.num_proc, cache_dir=cache)
-            self._documents = [list(ids) for ids in tokenized["input_ids"]]
+            self._documents = self._tokenized(self.recipe.data.sources)
         return self._documents
+
+    def search_documents(self) -> list[list[int]]:
+        """What factor searches and the readjustment score: ``data.validation`` when the recipe
+        gives it, else the training documents."""
+        if not self.recipe.data.validation:
+            return self.documents()
+        if self._validation is None:
+            self._validation = self._tokenized(self.recipe.data.validation)
+        return self._validation
+
+    def _tokenized(self, sources) -> list[list[int]]:
+        import datasets
+
+        from longctx.data.sources import load_documents
+        from longctx.data.tokenize import tokenize_documents
+
+        cfg = self.recipe.data
+        parts = [load_documents(src) for src in sources]
+        ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
+        with self.accelerator.main_process_first():
+            tokenized = tokenize_documents(ds, self.tokenizer(), num_proc=cfg.num_proc, cache_dir=cache)
+        return [list(ids) for ids in tokenized["input_ids"]]
 
     def training_documents(self, windows) -> list[list[int]]:
         """Documents for a training stage (``data.training_mix.training_documents``)."""

@@ -101,15 +101,16 @@ def test_demo_kjv_is_66_books_in_canonical_order():
     assert "1:1" not in ds[0]["text"][:500]  # verse references stripped
 
 
-def test_demo_kjv_split_partitions_the_books_and_holds_out_six():
-    """kjv_train and kjv_heldout share no book and together are the whole kjv corpus."""
+def test_demo_kjv_split_partitions_the_books_three_ways():
+    """kjv_train, kjv_validation and kjv_heldout share no book and together are the whole corpus."""
     full = load_demo_corpus("kjv")
-    train, held = load_demo_corpus("kjv_train"), load_demo_corpus("kjv_heldout")
-    assert len(held) == 6 and len(train) == 60
+    train, val, held = (load_demo_corpus(f"kjv_{n}") for n in ("train", "validation", "heldout"))
+    assert (len(train), len(val), len(held)) == (54, 6, 6)
     assert held[0].startswith("The Gospel According to Saint Matthew")
     assert held[-1].startswith("The Epistle of Paul the Apostle to the Romans")
-    assert not set(train) & set(held)
-    assert sorted(train + held) == sorted(full)
+    assert val[0].startswith("The First Epistle of Paul the Apostle to the Corinthians")
+    assert not set(train) & set(held) and not set(train) & set(val) and not set(val) & set(held)
+    assert sorted(train + val + held) == sorted(full)
     assert train[0] == full[0] and train[-1] == full[-1]  # order kept
 
 

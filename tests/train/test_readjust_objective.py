@@ -27,13 +27,13 @@ def tokenizer(tmp_path_factory):
 def _ctx(tokenizer):
     docs = [tokenizer.encode(t[:4000], add_special_tokens=False) for t in load_demo_corpus("kjv")[:3]]
     return SimpleNamespace(
-        tokenizer=lambda: tokenizer, documents=lambda: docs, recipe=SimpleNamespace(seed=0), log=lambda m: None
+        tokenizer=lambda: tokenizer, search_documents=lambda: docs, recipe=SimpleNamespace(seed=0), log=lambda m: None
     )
 
 
 def test_objective_adds_retrieval_relative_to_the_start(tokenizer, monkeypatch):
     ctx = _ctx(tokenizer)
-    docs = ctx.documents()
+    docs = ctx.search_documents()
     # the model retrieves at L as the search starts (stubbed: a random tiny model retrieves nothing)
     monkeypatch.setattr(readjust, "_start_retrieves", lambda *a: {"accuracy": 75.0, "retrieves": True})
     stage = readjust.Settings(kind="readjust", name="r", target_length=L, num_samples=3)
@@ -70,7 +70,7 @@ def test_retrieval_term_only_where_the_start_retrieves_at_L(tokenizer, monkeypat
     model = tiny_model(tiny_config("llama", max_position_embeddings=L, vocab_size=len(tokenizer)))
     start = RopeSpec("longrope", 10_000.0, 16, L, 8 * L, long_factor=tuple(1.0 + i for i in range(8)))
     apply_rope(model, start)
-    ppl = build_scorer(model, truncated_rows(ctx.documents(), L, bos_id=tokenizer.bos_token_id, max_docs=2), "ppl", factor_set="short")
+    ppl = build_scorer(model, truncated_rows(ctx.search_documents(), L, bos_id=tokenizer.bos_token_id, max_docs=2), "ppl", factor_set="short")
     scorer, record = readjust._objective(stage, ctx, model, start, ppl)
     gate = record["retrieval_gate"]
     assert scorer is ppl and gate["accuracy"] == 0.0 and not gate["retrieves"] and "objective_terms" not in record

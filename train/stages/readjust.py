@@ -72,7 +72,7 @@ def _retrieval_samples(stage, ctx) -> list:
     from longctx.data.passkey import passkey_sample
 
     tok, L, seed = ctx.tokenizer(), stage.target_length, ctx.recipe.seed
-    docs = [d for d in ctx.documents() if len(d) >= L][: stage.num_samples]
+    docs = [d for d in ctx.search_documents() if len(d) >= L][: stage.num_samples]
     try:
         return [needle_ppl_sample(tok, doc, L, [0.5], seed=seed + i) for i, doc in enumerate(docs)]
     except DataError:
@@ -130,7 +130,7 @@ def _attention_policy(stage, ctx, model, spec, scorer):
         return spec, {"attention_policy": "keep"}
     if stage.attention == "short_original":
         return with_attention_policy(spec, "short_original"), {"attention_policy": "short_original"}
-    tok, docs = ctx.tokenizer(), ctx.documents()
+    tok, docs = ctx.tokenizer(), ctx.search_documents()
 
     def rows(n: int) -> list:
         return truncated_rows(

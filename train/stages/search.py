@@ -61,14 +61,15 @@ def plan(recipe, stage) -> str:
 def preflight(stage, ctx) -> list[str]:
     """Enough long documents for the objective (needs the tokenised data, not the model)."""
     length = stage.target_length
-    docs = ctx.documents()
+    docs = ctx.search_documents()
     found = sum(len(d) >= length for d in docs)
     if found >= stage.num_samples:
         return []
     longest = sorted((len(d) for d in docs), reverse=True)[:5]
+    where = "data.validation" if ctx.recipe.data.validation else "the data"
     return [
         f"stages.{stage.name}.num_samples: {stage.objective} at {length} tokens needs {stage.num_samples} "
-        f"documents of >= {length} tokens; the data has {found} (longest: {longest}); "
+        f"documents of >= {length} tokens; {where} has {found} (longest: {longest}); "
         "add longer sources or lower num_samples"
     ]
 
@@ -83,7 +84,7 @@ def search_samples(stage, ctx) -> list:
     if problems:
         raise DataError(problems[0])
     length, tokenizer = stage.target_length, ctx.tokenizer()
-    long_docs = [d for d in ctx.documents() if len(d) >= length]
+    long_docs = [d for d in ctx.search_documents() if len(d) >= length]
     if stage.objective == "ppl":
         return truncated_rows(long_docs, length, bos_id=tokenizer.bos_token_id, max_docs=stage.num_samples)
     return [
@@ -168,7 +169,7 @@ def _dpe(stage, ctx) -> dict:
     apply_rope(model, base)
     device = ctx.device
     short = [
-        torch.tensor([d[: base.original_length]], device=device) for d in ctx.documents()[: stage.num_samples]
+        torch.tensor([d[: base.original_length]], device=device) for d in ctx.search_documents()[: stage.num_samples]
     ]
     with torch.no_grad():
         key_dims = select_key_dims(model, short, max(1, round(cfg["key_fraction"] * base.geometry.n_pairs)))
