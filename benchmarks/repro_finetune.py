@@ -63,11 +63,11 @@ def fmt_spread(s: tuple[float, float, float, int] | None, digits: int = 2) -> st
     return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}" + ("" if n == len(SEEDS) else f" (n={n})")
 
 
-def judge(better, worse, *, lower_is_better: bool = True) -> bool | None:
+def judge(better, worse, *, lower_is_better: bool = True) -> bool | str | None:
     """A claim "``better`` beats ``worse``" over seeds: True when every seed's value of ``better``
     beats every seed's value of ``worse`` (ranges apart in its favour), False when the ranges are
-    apart the other way, None when they overlap (no difference beyond the seed spread) or a side
-    has fewer than all seeds."""
+    apart the other way, "spread" when they overlap (no difference beyond the seed spread), None
+    (pending) while a side has fewer than all seeds."""
     if better is None or worse is None or better[3] < len(SEEDS) or worse[3] < len(SEEDS):
         return None
     _, b_lo, b_hi, _ = better
@@ -78,7 +78,7 @@ def judge(better, worse, *, lower_is_better: bool = True) -> bool | None:
         return True
     if w_hi < b_lo:
         return False
-    return None
+    return "spread"
 
 
 def collect(out: Path, load_runs, ppl, retrieval) -> dict[str, dict[str, tuple | None]]:
@@ -101,7 +101,6 @@ def section(out: Path, load_runs, ppl, retrieval, table) -> tuple[list[str], lis
     """Markdown lines of the fine-tuning section and its claims (text, True / False / "spread" /
     None, evidence)."""
     cells = collect(out, load_runs, ppl, retrieval)
-    finished = all(v is not None and v[3] == len(SEEDS) for m in cells.values() for v in m.values() if v)
     body = [
         "## 2. Mixed-window vs long-window fine-tuning, and short-context readjustment",
         "",
@@ -157,5 +156,4 @@ def section(out: Path, load_runs, ppl, retrieval, table) -> tuple[list[str], lis
                 f"ppl@1024: {fmt_spread(tuned['ppl1024'])} fine-tuned vs {fmt_spread(noft['ppl1024'])} not",
             )
         )
-    # measured on every seed with overlapping ranges: "spread" (reproduce.verdict), else pending
-    return body, [(text, "spread" if ok is None and finished else ok, why) for text, ok, why in claims]
+    return body, claims

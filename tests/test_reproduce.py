@@ -70,6 +70,56 @@ def test_report_from_results_with_pending_cells(repro, tmp_path):
     assert "| 20.00 | pending | pending | 28.00 | 0 | 40.0 |" in yarn
 
 
+def test_finetune_claims_are_judged_over_three_seeds(repro, tmp_path):
+    """Each cell is mean ± half-range over the seeds; a claim holds only when the two compared
+    ranges are apart in its favour, is "no difference" when they overlap, pending until every
+    seed has finished."""
+    from longctx.benchmarks import repro_finetune as ft
+
+    assert ft.SEEDS == (0, 1, 2)
+    short = {"mixed": (50.0, 51.0, 52.0), "long": (52.5, 53.0, 60.0), "readjust": (52.0, 59.0, 61.0)}
+    for seed in ft.SEEDS:
+        d = ft.run_dir(tmp_path, "mixed", seed)
+        _eval_stage(d / "eval_ppl", [
+            {"name": "base (original RoPE)", "tasks": _ppl({128: 40.0, 1024: 90.0})},
+            {"name": "searched 8×, no fine-tune", "tasks": _ppl({128: 41.0, 1024: 35.0 + seed})},
+            {"name": "mixed-window fine-tune", "tasks": _ppl({128: short["mixed"][seed], 1024: 30.0 + seed})},
+        ])  # fmt: skip
+        if seed < 2:  # the third long-window run has not finished
+            _eval_stage(ft.run_dir(tmp_path, "long", seed) / "eval_ppl", [
+                {"name": "long-window fine-tune", "tasks": _ppl({128: short["long"][seed], 1024: 38.0})},
+                {"name": "long-window fine-tune + readjust", "tasks": _ppl({128: short["readjust"][seed]})},
+            ])  # fmt: skip
+    lines = repro.build_report().splitlines()
+    mixed_row = next(x for x in lines if x.startswith("| mixed-window fine-tune |"))
+    assert "| 51.00 ± 1.00 |" in mixed_row and "| 31.00 ± 1.00 |" in mixed_row
+    assert "52.75 ± 0.25 (n=2)" in next(x for x in lines if x.startswith("| long-window fine-tune |"))
+    claim = next(x for x in lines if x.startswith("| LongRoPE2: mixed-window"))
+    assert "| pending |" in claim  # one long-window seed is missing
+    _eval_stage(ft.run_dir(tmp_path, "long", 2) / "eval_ppl", [
+        {"name": "long-window fine-tune", "tasks": _ppl({128: 60.0, 1024: 38.0})},
+        {"name": "long-window fine-tune + readjust", "tasks": _ppl({128: 61.0})},
+    ])  # fmt: skip
+    lines = repro.build_report().splitlines()
+    verdict = {
+        key: next(x for x in lines if x.startswith(f"| {text}"))
+        for key, text in (
+            ("mixed", "LongRoPE2: mixed-window"),
+            ("readjust", "LongRoPE: short-context readjustment"),
+            ("ft_mixed", "Fine-tuning (mixed windows)"),
+            ("ft_long", "Fine-tuning (long windows)"),
+        )
+    }
+    assert "**holds**" in verdict["mixed"]  # 50–52 vs 52.5–60: apart
+    assert "no difference beyond the seed spread" in verdict["readjust"]  # 52–61 vs 52.5–60
+    assert "**holds**" in verdict["ft_mixed"]  # 30–32 vs 35–37
+    assert "**does not hold**" in verdict["ft_long"]  # 38 on every seed vs 35–37
+    assert ft.judge((1.0, 0.9, 1.1, 3), (2.0, 1.9, 2.1, 3)) is True
+    assert ft.judge((2.0, 1.9, 2.1, 3), (1.0, 0.9, 1.1, 3)) is False
+    assert ft.judge((1.0, 0.9, 1.5, 3), (1.2, 1.1, 1.3, 3)) == "spread"
+    assert ft.judge((1.0, 0.9, 1.1, 2), (2.0, 1.9, 2.1, 3)) is None
+
+
 def test_scaled_runs_override_every_target_and_validate(repro):
     from longctx.train.load import load_recipe
 
