@@ -267,4 +267,7 @@ def test_reproduce_part_runs_the_script_and_builds_the_section(repro, tmp_path, 
     assert "| ours-8x/hf | hf | 6.10 | 1.017 | 11.00 | pending | yes |" in lines
     assert any(x.startswith("Part-6 target") and "**met**" in x for x in lines)
     # the section is part of docs/REPRODUCTION.md (written where DOC points: a temporary file here)
-    assert "| ours-8x/hf | hf | 6.10 | 1.017 | 11.00 | pending | yes |" in (tmp_path / "REPRODUCTION.md").read_text()
+    assert (
+        "| ours-8x/hf | hf | 6.10 | 1.017 | 11.00 | pending | yes |"
+        in (tmp_path / "REPRODUCTION.md").read_text()
+    )

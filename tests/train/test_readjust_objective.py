@@ -27,7 +27,10 @@ def tokenizer(tmp_path_factory):
 def _ctx(tokenizer):
     docs = [tokenizer.encode(t[:4000], add_special_tokens=False) for t in load_demo_corpus("kjv")[:3]]
     return SimpleNamespace(
-        tokenizer=lambda: tokenizer, search_documents=lambda: docs, recipe=SimpleNamespace(seed=0), log=lambda m: None
+        tokenizer=lambda: tokenizer,
+        search_documents=lambda: docs,
+        recipe=SimpleNamespace(seed=0),
+        log=lambda m: None,
     )
 
 
@@ -70,10 +73,20 @@ def test_retrieval_term_only_where_the_start_retrieves_at_L(tokenizer, monkeypat
     model = tiny_model(tiny_config("llama", max_position_embeddings=L, vocab_size=len(tokenizer)))
     start = RopeSpec("longrope", 10_000.0, 16, L, 8 * L, long_factor=tuple(1.0 + i for i in range(8)))
     apply_rope(model, start)
-    ppl = build_scorer(model, truncated_rows(ctx.search_documents(), L, bos_id=tokenizer.bos_token_id, max_docs=2), "ppl", factor_set="short")
+    ppl = build_scorer(
+        model,
+        truncated_rows(ctx.search_documents(), L, bos_id=tokenizer.bos_token_id, max_docs=2),
+        "ppl",
+        factor_set="short",
+    )
     scorer, record = readjust._objective(stage, ctx, model, start, ppl)
     gate = record["retrieval_gate"]
-    assert scorer is ppl and gate["accuracy"] == 0.0 and not gate["retrieves"] and "objective_terms" not in record
+    assert (
+        scorer is ppl
+        and gate["accuracy"] == 0.0
+        and not gate["retrieves"]
+        and "objective_terms" not in record
+    )
     seen = []
 
     def half_right(model_, tok, samples, **kw):

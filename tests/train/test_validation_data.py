@@ -35,6 +35,7 @@ def test_searches_score_validation_documents_not_training_ones(tmp_path, tiny_co
     assert len(rows) == 2 and all(tuple(list(r)[-256:][:50]) in starts for r in rows), "not validation text"
     # readjust's needles are planted in validation documents too (the tokens around the needle)
     r = readjust.Settings(kind="readjust", name="r", target_length=256, num_samples=2)
+
     def shared(ids, docs):  # 8-token windows of ``ids`` found verbatim in ``docs``
         grams = {tuple(d[i : i + 8]) for d in docs for i in range(len(d) - 8)}
         return sum(tuple(ids[i : i + 8]) in grams for i in range(len(ids) - 8))

@@ -90,7 +90,9 @@ def _objective(stage, ctx, model, template, scorer):
     gate = _start_retrieves(stage, ctx, model)
     if not gate["retrieves"]:
         # a model that retrieves nothing at L gives the needle term no signal to keep: perplexity only
-        ctx.log(f"[{stage.name}] passkey at L={stage.target_length}: {gate['accuracy']:.0f} %; retrieval term left out")
+        ctx.log(
+            f"[{stage.name}] passkey at L={stage.target_length}: {gate['accuracy']:.0f} %; retrieval term left out"
+        )
         return scorer, {"retrieval_gate": gate}
     needles = build_scorer(model, _retrieval_samples(stage, ctx), "needle_ppl", factor_set="short")
     ppl0, needle0 = scorer([template])[0], needles([template])[0]

@@ -169,7 +169,8 @@ def _dpe(stage, ctx) -> dict:
     apply_rope(model, base)
     device = ctx.device
     short = [
-        torch.tensor([d[: base.original_length]], device=device) for d in ctx.search_documents()[: stage.num_samples]
+        torch.tensor([d[: base.original_length]], device=device)
+        for d in ctx.search_documents()[: stage.num_samples]
     ]
     with torch.no_grad():
         key_dims = select_key_dims(model, short, max(1, round(cfg["key_fraction"] * base.geometry.n_pairs)))
