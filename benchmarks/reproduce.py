@@ -596,15 +596,13 @@ NOTES = [
     "- Searched LongRoPE specs at 128 tokens use the short factors (all 1) but keep the "
     "attention factor sqrt(1 + ln s / ln L), exactly as transformers applies `longrope` "
     "(both factor sets share it); that is why their 1× perplexity is slightly above the base's.",
-    "- The fine-tunes never see the held-out books (the perplexity columns score their opening "
-    "tokens, so training on them would be memorisation); the base did see them in pretraining, "
-    "equally for every row. Long documents are split over rows (every token once per epoch). "
-    "The long run sees more tokens in the same steps (all rows 1024).",
-    "- Fine-tuning is 600 steps of 2 rows at lr 5e-4 — the main job's fine-tune settings when "
-    "these tables were set up (`recipes/tiny.yaml`; it has since moved to 2000 steps for long "
-    "retrieval, the tables were not re-tuned): ≈ 0.9M tokens mixed, 1.2M long, far from the "
-    "papers' budgets (LongRoPE2: 10B tokens); the fine-tuning rows test the direction of the "
-    "effects, not their size.",
+    "- No model trains on the held-out books and no search scores them: the base trains on "
+    "`kjv_train`, searches score `kjv_validation`, perplexity is on `kjv_heldout`. Long documents "
+    "are split over rows (every token once per epoch).",
+    "- Fine-tuning is ~396k tokens per run (mixed: 600 steps; long: 194 steps of 1024-token rows), "
+    "far from the papers' budgets (LongRoPE2: 10B tokens), and 600 steps are too few for this base "
+    "to retrieve at 8× (the main job fine-tunes 2000 steps); the fine-tuning rows test the "
+    "direction of the short-context effects, over three seeds, not their size.",
     "- DPE changes positions, not frequencies: 4 groups of pairs, each at the scale its sweep "
     "on needle samples picked, with normal positions inside a 32-token window (Self-Extend-like).",
 ]
