@@ -17,6 +17,9 @@ def repro(tmp_path, monkeypatch):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     monkeypatch.setattr(mod, "OUT", tmp_path)
+    # no test writes the committed documents
+    monkeypatch.setattr(mod, "DOC", tmp_path / "REPRODUCTION.md")
+    monkeypatch.setattr(mod, "DOC_32K", tmp_path / "REPRODUCTION_32K.md")
     return mod
 
 
