@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def repro(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "OUT", tmp_path)
-    # no test writes the committed documents
-    monkeypatch.setattr(mod, "DOC", tmp_path / "REPRODUCTION.md")
-    monkeypatch.setattr(mod, "DOC_32K", tmp_path / "REPRODUCTION_32K.md")
-    return mod
 
 
 def _eval_stage(d: Path, runs: list[dict]) -> None:

@@ -5,7 +5,6 @@ pending cells say so, and the part-6 verdict follows the numbers."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -228,18 +227,6 @@ def test_verdict_from_numbers():
     assert (
         bench_mod.target_verdict(_results({**pending_search, "ours-8x/hf": (6.0, 12.0)}))["status"] == "met"
     )
-
-
-@pytest.fixture
-def repro(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "OUT", tmp_path)
-    # no test writes the committed documents
-    monkeypatch.setattr(mod, "DOC", tmp_path / "REPRODUCTION.md")
-    monkeypatch.setattr(mod, "DOC_32K", tmp_path / "REPRODUCTION_32K.md")
-    return mod
 
 
 def test_reproduce_part_runs_the_script_and_builds_the_section(repro, tmp_path, monkeypatch):

@@ -55,17 +55,21 @@ def from_hf_config_of(spec: RopeSpec) -> RopeSpec:
     return from_hf_config(config)
 
 
+def _short(specs):
+    """Synthetic short-input perplexity: best at factor 1."""
+    return [1.0 + 4 * (s.attention_factor - 1.0) ** 2 for s in specs]
+
+
+def _long(specs):
+    """Synthetic long-input perplexity: best at factor 1.2."""
+    return [1.0 + 4 * (s.attention_factor - 1.2) ** 2 for s in specs]
+
+
 def test_balance_picks_the_smallest_worse_relative_loss():
     """Short inputs are best at f = 1, long ones at f = 1.2 (synthetic scores)."""
     template = _spec()
 
-    def short(specs):
-        return [1.0 + 4 * (s.attention_factor - 1.0) ** 2 for s in specs]
-
-    def long(specs):
-        return [1.0 + 4 * (s.attention_factor - 1.2) ** 2 for s in specs]
-
-    chosen, rows = balance_attention_factor(template, short, long, points=13)
+    chosen, rows = balance_attention_factor(template, _short, _long, points=13)
     assert attention_policy(chosen) == "balanced" and len(rows) == 13
     assert rows[0]["factor"] == 1.0 and rows[-1]["factor"] == pytest.approx(
         template.frequencies().long_attention_factor
@@ -79,18 +83,12 @@ def test_balance_with_a_short_tolerance_keeps_short_inputs_within_budget():
     short inputs at most (1 + t) × short(1): here f ≤ 1.05 (short = 1 + 4 (f-1)² ≤ 1.01)."""
     template = _spec()
 
-    def short(specs):
-        return [1.0 + 4 * (s.attention_factor - 1.0) ** 2 for s in specs]
-
-    def long(specs):
-        return [1.0 + 4 * (s.attention_factor - 1.2) ** 2 for s in specs]
-
-    minimax, _ = balance_attention_factor(template, short, long, points=41)
-    chosen, rows = balance_attention_factor(template, short, long, points=41, short_tolerance=0.01)
+    minimax, _ = balance_attention_factor(template, _short, _long, points=41)
+    chosen, rows = balance_attention_factor(template, _short, _long, points=41, short_tolerance=0.01)
     allowed = [r for r in rows if r["short"] <= 1.01]
     assert chosen.attention_factor == pytest.approx(max(r["factor"] for r in allowed))
-    assert short([chosen])[0] <= 1.01 < short([minimax])[0]  # the minimax choice breaks the budget
-    strict, _ = balance_attention_factor(template, short, long, points=41, short_tolerance=0.0)
+    assert _short([chosen])[0] <= 1.01 < _short([minimax])[0]  # the minimax choice breaks the budget
+    strict, _ = balance_attention_factor(template, _short, _long, points=41, short_tolerance=0.0)
     assert strict.attention_factor == 1.0
 
 

@@ -120,7 +120,9 @@ def test_bf16_trains_fp32_master_weights_and_tracks_fp32(tmp_path, tiny_corpus):
 
 def test_busy_output_dir_is_refused_with_the_holder(tmp_path, tiny_corpus):
     # long enough to still hold the lock while a second interpreter starts (it is killed below)
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_corpus, tmp_path / "out", stages=[{**BASE, "steps": 100_000}])
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_corpus, tmp_path / "out", stages=[{**BASE, "steps": 100_000}]
+    )
     first = start_cli(recipe)
     try:
         deadline = time.time() + 120
