@@ -68,7 +68,7 @@ from longctx.rope import RopeSpec, apply_rope, factor_set, to_hf_config
 from longctx.rope.attention_policy import METHODS as POLICY_METHODS
 from longctx.rope.attention_policy import balance_attention_factor, with_attention_policy
 from longctx.rope.errors import RopeExportError, RopeSpecError
-from longctx.rope.files import append_line, write_text_atomic
+from longctx.rope.files import append_line, read_jsonl, write_text_atomic
 from longctx.rope.install import ANGLE_FP64_FROM
 from longctx.rope.search import LongRoPE2Config, run_search, to_spec
 
@@ -138,22 +138,11 @@ class Memo:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.records: dict[str, dict] = {}
+        self.records: dict[str, dict] = dict(
+            read_jsonl(self.path, lambda rec: (rec["key"], rec), repair=True)
+        )
         self.computed = 0
         """Measurements computed by this process (the rest were answered from the file)."""
-        if not self.path.exists():
-            return
-        text = self.path.read_text()
-        kept = []
-        for line in text.splitlines():
-            try:
-                rec = json.loads(line)
-                self.records[rec["key"]] = rec
-                kept.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
-        if text and (not text.endswith("\n") or len(kept) != len(text.splitlines())):
-            write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)

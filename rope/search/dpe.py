@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from longctx.rope.files import append_line, write_text_atomic
+from longctx.rope.files import append_line, read_jsonl
 from longctx.rope.search.evaluator import Distributed
 from longctx.rope.search.space import SearchConfigError, check_int
 from longctx.rope.spec import RopeSpec
@@ -107,18 +107,13 @@ class SweepLog:
     def __init__(self, path: Path | None, write: bool) -> None:
         """``write``: append new scores to ``path`` (the main process only)."""
         self.path, self.write, self.scores = path, write, {}
-        if path is None or not path.exists():
+        if path is None:
             return
-        text = path.read_text()
-        if write and text and not text.endswith("\n"):  # drop the torn line before appending
-            text = text[: text.rfind("\n") + 1]
-            write_text_atomic(path, text)
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-                self.scores[_key(RopeSpec.from_dict(entry["spec"]))] = float(entry["score"])
-            except (ValueError, KeyError, TypeError):
-                continue
+        # a torn line is dropped from the file before this process appends to it
+        entries = read_jsonl(
+            path, lambda e: (_key(RopeSpec.from_dict(e["spec"])), float(e["score"])), repair=write
+        )
+        self.scores = dict(entries)
 
     def get(self, spec: RopeSpec) -> float | None:
         return self.scores.get(_key(spec))
