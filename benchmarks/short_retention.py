@@ -20,7 +20,10 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from longctx.rope.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "outputs" / "tiny"
@@ -66,8 +69,6 @@ def fine_tune(out: Path, lr: str) -> Path:
             ],
             cwd=ROOT,
         )
-        import time
-
         while proc.poll() is None and not (run_dir / "ft_8x" / "COMPLETE").exists():
             time.sleep(2)
         proc.terminate()
@@ -93,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for lr in args.lrs.split(","):
         if f"lr {lr}" not in results:
             results[f"lr {lr}"] = measure(fine_tune(out, lr) / "ft_8x" / "model", spec)
-        out.mkdir(parents=True, exist_ok=True)
-        from longctx.rope.files import write_text_atomic
-
-        write_text_atomic(path, json.dumps(results, indent=1))
+        write_text_atomic(path, json.dumps(results, indent=1))  # each row as it finishes
     base = results["base"][f"ppl{L}_short_original"]
     print(
         f"| model | ppl@{L} (a=1.0) | ÷ base | ppl@{L} (HF factor) | ÷ base | ppl@{LONG} | passkey % @{LONG} |"

@@ -112,11 +112,11 @@ def _start_retrieves(stage, ctx, model) -> dict:
     installed): the retrieval term joins the objective only where the model retrieves at L."""
     from longctx.eval.passkey import passkey_eval, passkey_samples
 
-    n = stage.num_samples
+    n, tok = stage.num_samples, ctx.tokenizer()
     samples = passkey_samples(
-        ctx.tokenizer(), [stage.target_length], [(i + 0.5) / n for i in range(n)], seed=ctx.recipe.seed + 7
+        tok, [stage.target_length], [(i + 0.5) / n for i in range(n)], seed=ctx.recipe.seed + 7
     )
-    accuracy = passkey_eval(model, ctx.tokenizer(), samples, progress=False)["accuracy"]
+    accuracy = passkey_eval(model, tok, samples, progress=False)["accuracy"]
     return {"passkey_samples": n, "accuracy": accuracy, "retrieves": accuracy > 0}
 
 
