@@ -90,6 +90,13 @@ VERDICT_SCALE = 8
 SHORT_TOLERANCE = 1.02
 """Part-6 target: ppl@4k of the searched 8× spec ≤ this × the original's."""
 POLICIES = ("hf", "balanced", "short_original")
+FIXED = "fixed"
+"""The row policy of a search scored under a fixed attention factor: its spec as searched (one
+explicit factor for both sets, stock-HF expressible)."""
+SEARCH_ATTENTIONS = (None, 1.0)
+"""Our searches at each scale: scored under transformers' default factor (then shown under each
+policy), and under factor 1.0 for both sets — short inputs exactly the pretrained model's under
+stock HF (short factors all 1), the long factors searched knowing that."""
 BASELINE_NAMES = {"linear": "PI", "ntk": "NTK", "yarn": "YaRN"}
 EXTERNAL = ("DCIS", "DPE", "LongRoPE2")
 """Specs from other searches, given as ``--spec NAME=PATH``; "pending" rows without one."""
@@ -125,6 +132,15 @@ def scale_tag(scale: float) -> str:
 
 def scale_label(scale: float) -> str:
     return f"{scale:g}×"
+
+
+def attention_tag(attention: float | None) -> str:
+    """"" for transformers' default factor, "_a1" for a search scored at factor 1.0."""
+    return "" if attention is None else f"_a{attention:g}"
+
+
+def search_id(scale: float, attention: float | None = None) -> str:
+    return f"ours-{scale_tag(scale)}" + attention_tag(attention).replace("_", "-")
 
 
 class Missing(Exception):
@@ -329,6 +345,9 @@ class Group:
     """Baselines: linear / ntk / yarn. External: the NAME given (DCIS, DPE, LongRoPE2, …)."""
     spec: RopeSpec | None = None
     """External: the spec file's spec (None: not given, a pending row)."""
+    search_attention: float | None = None
+    """Ours: the attention factor both factor sets get while the search scores candidates (and in
+    its result); None: transformers' default for the target (the ``hf`` policy)."""
 
     @property
     def name(self) -> str:
@@ -336,12 +355,19 @@ class Group:
             return "original (no scaling)"
         if self.kind == "baseline":
             return f"{BASELINE_NAMES[self.method]} {scale_label(self.scale)}"
+        if self.kind == "ours" and self.search_attention is not None:
+            return (
+                f"LongRoPE2 search {scale_label(self.scale)} at attention factor "
+                f"{self.search_attention:g} (ours, 16k proxy)"
+            )
         if self.kind == "ours":
             return f"LongRoPE2 search {scale_label(self.scale)} (ours, 16k proxy)"
         return f"{self.method} {scale_label(self.scale)}" + (" (spec file)" if self.spec else "")
 
     @property
     def policies(self) -> tuple[str | None, ...]:
+        if self.kind == "ours" and self.search_attention is not None:
+            return (FIXED,)
         if self.kind == "ours" or (
             self.kind == "external" and self.spec and self.spec.method in POLICY_METHODS
         ):
@@ -386,7 +412,8 @@ def plan_groups(scales, external: list[tuple[str, RopeSpec]] = ()) -> list[Group
     groups = [Group("original", "original")]
     for s in ordered:
         t = scale_tag(s)
-        groups += [Group(f"yarn-{t}", "baseline", s, "yarn"), Group(f"ours-{t}", "ours", s)]
+        groups += [Group(f"yarn-{t}", "baseline", s, "yarn")]
+        groups += [Group(search_id(s, a), "ours", s, search_attention=a) for a in SEARCH_ATTENTIONS]
         groups += [Group(f"pi-{t}", "baseline", s, "linear"), Group(f"ntk-{t}", "baseline", s, "ntk")]
         given = [(n, spec) for n, spec in external if spec.scale == s]
         groups += [Group(f"{n.lower()}-{t}", "external", s, n, spec) for n, spec in given]
@@ -520,27 +547,32 @@ class Bench:
         return RopeSpec(method, b.base, b.head_dim, b.original_length, round(b.original_length * scale),
                         b.partial_rotary_factor)  # fmt: skip
 
-    def search_template(self, scale: float) -> RopeSpec:
-        """The 8× / 4× search space: a longrope template at L' = L·s (hf policy while scoring)."""
+    def search_template(self, scale: float, attention: float | None = None) -> RopeSpec:
+        """The 8× / 4× search space: a longrope template at L' = L·s, scored under transformers'
+        default attention factor (``attention`` None) or under ``attention`` for both sets."""
         b = self.setup.base
-        return RopeSpec(
+        template = RopeSpec(
             "longrope", b.base, b.head_dim, b.original_length, round(b.original_length * scale),
             b.partial_rotary_factor, long_factor=(1.0,) * b.geometry.n_pairs,
         )  # fmt: skip
+        return template if attention is None else with_attention_policy(template, "balanced", attention)
 
-    def search_dir(self, scale: float) -> Path:
-        return self.out / f"search_{scale_tag(scale)}"
+    def search_dir(self, scale: float, attention: float | None = None) -> Path:
+        return self.out / f"search_{scale_tag(scale)}{attention_tag(attention)}"
 
-    def searched(self, scale: float, *, compute: bool) -> dict | None:
+    def searched(self, scale: float, *, compute: bool, attention: float | None = None) -> dict | None:
         """Our search at ``scale`` (run or resumed when ``compute``), from its result file."""
-        d = self.search_dir(scale)
+        d = self.search_dir(scale, attention)
         if compute:
             s = self.setup
+            at = "transformers' default" if attention is None else f"{attention:g}"
             log(
-                f"search {scale_label(scale)}: budget {self.budget}, {self.search_dtype}, ppl@{s.search_length}"
+                f"search {scale_label(scale)}: budget {self.budget}, {self.search_dtype}, ppl@{s.search_length}, "
+                f"attention factor {at}"
             )
             result = run_search(
-                "longrope2", self.search_template(scale), self.scorer(s.search_length, self.search_dtype),
+                "longrope2", self.search_template(scale, attention),
+                self.scorer(s.search_length, self.search_dtype),
                 dict(SEARCH_SETTINGS), out_dir=d, seed=s.seed, max_evaluations=self.budget, progress=self.progress,
             )  # fmt: skip
             spec = result.spec
@@ -549,6 +581,7 @@ class Bench:
                 "rejected": result.rejected, "scores": result.scores, "budget": self.budget,
                 "dtype": self.search_dtype, "length": s.search_length, "documents": s.search_doc_names,
                 "critical_dim": spec.params.get("critical_dim"), "settings": SEARCH_SETTINGS,
+                "attention_factor": attention,
             }, indent=2) + "\n")  # fmt: skip
         path = d / SEARCH_RESULT
         if not path.exists():
@@ -591,12 +624,14 @@ class Bench:
                 return [Row(ids[0], group, None, base)]
         else:
             need = compute and any(wanted(i) for i in ids)
-            found = self.searched(group.scale, compute=need)
+            found = self.searched(group.scale, compute=need, attention=group.search_attention)
             if found is None:
                 return [
                     Row(i, group, p, None, pending="search not run yet") for i, p in zip(ids, group.policies)
                 ]
             base = found["spec"]
+            if group.search_attention is not None:
+                return [Row(ids[0], group, FIXED, base)]
         rows = []
         for row_id, policy in zip(ids, POLICIES):
             if policy == "balanced":
@@ -678,12 +713,14 @@ class Bench:
         searches = {}
         for group in groups:
             if group.kind == "ours":
-                found = self.searched(group.scale, compute=False)
+                a = group.search_attention
+                found = self.searched(group.scale, compute=False, attention=a)
                 if found is not None:
-                    searches[scale_tag(group.scale)] = {**found, "spec": found["spec"].to_dict()}
-                    bal = self.balanced(found["spec"], compute=False)
+                    tag = scale_tag(group.scale) + attention_tag(a)
+                    searches[tag] = {**found, "spec": found["spec"].to_dict()}
+                    bal = None if a is not None else self.balanced(found["spec"], compute=False)
                     if bal is not None:
-                        searches[scale_tag(group.scale)]["balance"] = bal[1]
+                        searches[tag]["balance"] = bal[1]
         check_path = self.out / CHECK_FILE
         setup = {
             "model": s.label, "L": s.L, "eval_document": s.eval_doc_name, "search_documents": s.search_doc_names,
@@ -747,7 +784,7 @@ def _row(results: dict, row_id: str) -> dict | None:
 
 
 def target_verdict(results: dict) -> dict:
-    """Part 6: an 8× searched spec, stock-HF expressible (policy hf or balanced), with
+    """Part 6: an 8× searched spec, stock-HF expressible (policy hf, balanced or fixed), with
     ppl@4k ≤ 1.02 × the original's and ppl@16k ≤ YaRN 8×'s. "met" as soon as one row meets it,
     "not met" only when every candidate row is measured, "pending" otherwise."""
     s = results["setup"]
@@ -758,7 +795,7 @@ def target_verdict(results: dict) -> dict:
     ref_long = yarn and yarn["cells"].get(long)
     candidates = [
         r for r in results["rows"]
-        if r["searched"] and r["scale"] == scale and r["policy"] in ("hf", "balanced")
+        if r["searched"] and r["scale"] == scale and r["policy"] in ("hf", "balanced", FIXED)
         and (r["spec"] is not None or r["kind"] == "ours")
     ]  # fmt: skip
     if ref_short is None or ref_long is None:
@@ -826,7 +863,7 @@ def report_lines(results: dict) -> list[str]:
         "",
         *table,
         "",
-        f"Part-6 target (an {scale} searched spec, stock-HF expressible — policy hf or balanced — with ppl "
+        f"Part-6 target (an {scale} searched spec, stock-HF expressible — policy hf, balanced or fixed — with ppl "
         f"{ratio_n} ≤ {s['short_tolerance']:g} × the original's and ppl {long_n} ≤ YaRN {scale}'s): "
         f"{status} — {v['detail']}.",
         "",
@@ -836,21 +873,28 @@ def report_lines(results: dict) -> list[str]:
         f"{s['L'] * s['verdict_scale']:,}: its critical-dimension space and bounds; 4× likewise), candidates scored "
         f"by `eval.scorer.build_scorer` perplexity at {s['search_length']:,} tokens on {s['search_documents']} — a "
         f"PROXY for the full-length objective (a {s['L'] * s['verdict_scale']:,}-token forward is "
-        f"~{FULL_FORWARD_MINUTES[8]:g} min here) — in {s['search_dtype']}, budget {s['budget']} candidates "
-        f"(population {SEARCH_SETTINGS['population']}, {SEARCH_SETTINGS['mutants'] + SEARCH_SETTINGS['crossovers']} "
-        "children per generation).",
+        f"~{FULL_FORWARD_MINUTES[8]:g} min here) — in {s['search_dtype']}, population "
+        f"{SEARCH_SETTINGS['population']}, {SEARCH_SETTINGS['mutants'] + SEARCH_SETTINGS['crossovers']} children per "
+        "generation, each search's budget (candidates scored) below.",
         f"- balanced: `balance_attention_factor` over {s['balance_points']} factors in [1, f_hf]; short = ppl "
         f"{s['balance_lengths'][0]:,}, long = ppl {s['balance_lengths'][1]:,}, both on {s['search_documents']} "
         f"in {s['search_dtype']} (not the evaluation document).",
         "- hf: stock transformers' one attention factor sqrt(1 + ln s / ln L) on both factor sets; "
         "short_original: 1.0 on short inputs (exactly the pretrained RoPE), which stock HF cannot express "
         "(vLLM can: short_mscale / long_mscale).",
+        f"- fixed: a search scored with the attention factor fixed (1.0 for both sets: `search` stage key "
+        f"`attention_factor`), its spec exported as searched — stock HF, and with all-one short factors "
+        "short inputs are exactly the pretrained model's; the long factors are chosen knowing the factor "
+        "instead of having it imposed afterwards.",
     ]
     for tag, found in sorted(results.get("searches", {}).items()):
         factors = found["spec"].get("long_factor") or [1.0]
+        a = found.get("attention_factor")
+        att = "transformers' default while scoring" if a is None else f"{a:g} for both sets"
         lines.append(
             f"- Search {tag}: best proxy ppl {found['score']:.3f} after {found['evaluations']} candidates "
-            f"(critical dim {found.get('critical_dim')}, long factors {min(factors):.2f}–{max(factors):.2f})."
+            f"(budget {found.get('budget')}; attention factor {att}; critical dim {found.get('critical_dim')}, "
+            f"long factors {min(factors):.2f}–{max(factors):.2f})."
         )
         for b in found.get("balance", []):
             lines.append(

@@ -154,6 +154,28 @@ def test_spearman():
     assert bench_mod.spearman([1, 1], [1, 2]) is None
 
 
+def test_search_under_a_fixed_attention_factor(parts, tmp_path):
+    """ours-8x-a1: the search scores every candidate with attention factor 1.0 on both sets, so
+    its stock-HF spec leaves short inputs exactly the original's (the memo shares every short
+    cell with the original row) while its long factors are the search's own."""
+    b = make_bench(parts, tmp_path)
+    groups = bench_mod.plan_groups([8])
+    b.run(groups, ["original"])
+    res = b.run(groups, ["ours-8x-a1"])
+    assert computed(b, "search") == 3 and computed(b, "eval") == 7  # only the long ppl is new
+    a1, orig = row(res, "ours-8x-a1/fixed"), row(res, "original")
+    assert a1["policy"] == "fixed" and a1["attention_factors"] == [1.0, 1.0] and a1["stock_hf"] is True
+    assert all(a1["cells"][c] == orig["cells"][c] for c in SHORT)
+    assert a1["cells"]["ppl@1024"] != orig["cells"]["ppl@1024"]
+    scored = [json.loads(x) for x in (tmp_path / "search_8x_a1" / "evaluations.jsonl").read_text().splitlines()]
+    assert len(scored) == 3
+    assert all(r["spec"]["attention_factor"] == 1.0 for r in b.memo.records.values() if r["docs"] == "search")
+    assert res["searches"]["8x_a1"]["attention_factor"] == 1.0 and "balance" not in res["searches"]["8x_a1"]
+    assert row(res, "ours-8x/hf")["pending"] == "search not run yet"  # the default-factor search is separate
+    text = (tmp_path / "table.md").read_text()
+    assert "| LongRoPE2 search 8× at attention factor 1 (ours, 16k proxy) | fixed |" in text
+
+
 def test_pending_cells_and_external_specs(parts, tmp_path):
     b = make_bench(parts, tmp_path)
     base = b.setup.base
@@ -165,7 +187,7 @@ def test_pending_cells_and_external_specs(parts, tmp_path):
     external = bench_mod.parse_external([f"LongRoPE2={path}"])
     groups = bench_mod.plan_groups([4, 8], external)
     ids = [g.id for g in groups]
-    assert ids[:5] == ["original", "yarn-8x", "ours-8x", "pi-8x", "ntk-8x"]  # 8× first
+    assert ids[:6] == ["original", "yarn-8x", "ours-8x", "ours-8x-a1", "pi-8x", "ntk-8x"]  # 8× first
     assert ids.index("longrope2-8x") < ids.index("yarn-4x") and "longrope2-4x" in ids
     res = b.results(groups)
     lines = bench_mod.report_lines(res)
@@ -223,6 +245,9 @@ def test_verdict_from_numbers():
     assert bench_mod.target_verdict(_results({**no, "yarn-8x": (7.0, None)}))["status"] == "pending"
     pending_search = {**ref, "ours-8x/hf": (None, None), "ours-8x/balanced": (None, None)}
     assert bench_mod.target_verdict(_results(pending_search))["status"] == "pending"
+    # a search scored under a fixed factor counts (stock HF) like hf / balanced
+    v = bench_mod.target_verdict(_results({**no, "ours-8x-a1/fixed": (6.0, 11.5)}))
+    assert v["status"] == "met" and "ours-8x-a1/fixed" in v["detail"]
     # a measured candidate that meets it settles the verdict even while another is pending
     assert (
         bench_mod.target_verdict(_results({**pending_search, "ours-8x/hf": (6.0, 12.0)}))["status"] == "met"

@@ -107,11 +107,13 @@ def _has(module: str) -> bool:
 
 
 def _check_same_config(stage, stage_dir: Path, recipe_file: Path, *, complete: bool = True) -> None:
-    """A completed stage is reused, and an interrupted search resumed, only with the same settings."""
+    """A completed stage is reused, and an interrupted search resumed, only with the same settings.
+    A key its config.json lacks counts as None: a setting added to the schema later, left unset,
+    keeps the stages that earlier versions completed."""
     saved = json.loads((stage_dir / "config.json").read_text())
     current = stage.model_dump(mode="json")
-    if saved != current:
-        keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if keys:
         how = "completed" if complete else "started (its scores would be reused)"
         raise RecipeError(
             [

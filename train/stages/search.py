@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from longctx.train.schema import FactorSearchSettings, declared_length
 
 PRODUCES = frozenset({"spec"})
@@ -22,6 +24,13 @@ DPE_SETTINGS = {"groups": 8, "key_fraction": 0.75, "local_window": 1024, "scales
 
 class Settings(FactorSearchSettings):
     kind: Literal["search"]
+    attention_factor: float | None = Field(None, ge=1.0)
+    """The attention factor both factor sets get while candidates are scored, kept in the spec
+    (stock transformers' ``longrope`` ``attention_factor``; ``rope.attention_policy`` ``balanced``).
+    None: the starting spec's — transformers' default sqrt(1 + ln s / ln L) for the target, which
+    short inputs pay too, unless an earlier stage this one warm-starts from set one. 1.0 keeps short
+    inputs exactly the pretrained model's in a training-free export (short factors all 1) and
+    searches the long factors knowing it."""
 
 
 def check(recipe, index: int, where: str) -> list[str]:
@@ -32,6 +41,8 @@ def check(recipe, index: int, where: str) -> list[str]:
         lines.append(
             f"{where}.target_length: expected > L={L} (the model's original length); got {stage.target_length}"
         )
+    if stage.attention_factor is not None and stage.algorithm == "dpe":
+        lines.append(f"{where}.attention_factor: dpe changes positions, not factor sets; remove it")
     return lines + settings_errors(stage, where)
 
 
@@ -101,7 +112,9 @@ def factor_search(stage, ctx, field: str, prepare=None, objective=None) -> dict:
 
     from longctx.eval.scorer import build_scorer
     from longctx.rope import apply_rope
+    from longctx.rope.attention_policy import with_attention_policy
     from longctx.rope.search import readjust, run_search
+    from longctx.rope.search.runner import factor_template
 
     samples = search_samples(stage, ctx)
     model = ctx.load_model(stage)
@@ -128,6 +141,10 @@ def factor_search(stage, ctx, field: str, prepare=None, objective=None) -> dict:
     if field == "long_factor":
         # run_search turns a non-longrope template into all-one factors with the same geometry
         template = previous.replace(target_length=stage.target_length)
+        attention = getattr(stage, "attention_factor", None)
+        if attention is not None:
+            template = with_attention_policy(factor_template(template), "balanced", attention)
+            record["attention_factor"] = attention
         result = run_search(stage.algorithm, template, scorer, **kwargs)
     else:
         result = readjust(
