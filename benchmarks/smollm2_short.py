@@ -135,7 +135,7 @@ def scale_label(scale: float) -> str:
 
 
 def attention_tag(attention: float | None) -> str:
-    """"" for transformers' default factor, "_a1" for a search scored at factor 1.0."""
+    """ "" for transformers' default factor, "_a1" for a search scored at factor 1.0."""
     return "" if attention is None else f"_a{attention:g}"
 
 
@@ -882,8 +882,8 @@ def report_lines(results: dict) -> list[str]:
         "- hf: stock transformers' one attention factor sqrt(1 + ln s / ln L) on both factor sets; "
         "short_original: 1.0 on short inputs (exactly the pretrained RoPE), which stock HF cannot express "
         "(vLLM can: short_mscale / long_mscale).",
-        f"- fixed: a search scored with the attention factor fixed (1.0 for both sets: `search` stage key "
-        f"`attention_factor`), its spec exported as searched — stock HF, and with all-one short factors "
+        "- fixed: a search scored with the attention factor fixed (1.0 for both sets: `search` stage key "
+        "`attention_factor`), its spec exported as searched — stock HF, and with all-one short factors "
         "short inputs are exactly the pretrained model's; the long factors are chosen knowing the factor "
         "instead of having it imposed afterwards.",
     ]

@@ -167,7 +167,9 @@ def test_search_under_a_fixed_attention_factor(parts, tmp_path):
     assert a1["policy"] == "fixed" and a1["attention_factors"] == [1.0, 1.0] and a1["stock_hf"] is True
     assert all(a1["cells"][c] == orig["cells"][c] for c in SHORT)
     assert a1["cells"]["ppl@1024"] != orig["cells"]["ppl@1024"]
-    scored = [json.loads(x) for x in (tmp_path / "search_8x_a1" / "evaluations.jsonl").read_text().splitlines()]
+    scored = [
+        json.loads(x) for x in (tmp_path / "search_8x_a1" / "evaluations.jsonl").read_text().splitlines()
+    ]
     assert len(scored) == 3
     assert all(r["spec"]["attention_factor"] == 1.0 for r in b.memo.records.values() if r["docs"] == "search")
     assert res["searches"]["8x_a1"]["attention_factor"] == 1.0 and "balance" not in res["searches"]["8x_a1"]

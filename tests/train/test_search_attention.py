@@ -34,7 +34,9 @@ def test_search_attention_factor_reaches_the_stock_hf_export(tmp_path, tiny_corp
     assert one.attention_factor == 1.0 and default.attention_factor is None
     assert json.loads((out / "at_one" / "result.json").read_text())["attention_factor"] == 1.0
     # every candidate the search scored carried the factor (the search log records their specs' factors)
-    scored = [json.loads(x) for x in (out / "at_one" / "search" / "evaluations.jsonl").read_text().splitlines()]
+    scored = [
+        json.loads(x) for x in (out / "at_one" / "search" / "evaluations.jsonl").read_text().splitlines()
+    ]
     assert len(scored) == 4
     hf = json.loads((out / "export_one" / "model" / "config.json").read_text())["rope_parameters"]
     assert hf["rope_type"] == "longrope" and hf["attention_factor"] == 1.0
