@@ -10,7 +10,7 @@ rerun skips finished stages and resumes an interrupted one; deleting ``outputs/r
 recomputes that experiment. The steps:
 
 1. the tiny base: ``recipes/tiny.yaml`` (the README's main job; L = 128, 2500 steps on the
-   60 ``kjv_train`` books) when ``outputs/tiny/base`` is not complete. Every perplexity below
+   54 ``kjv_train`` books) when ``outputs/tiny/base`` is not complete. Every perplexity below
    is measured on the six ``kjv_heldout`` books (Matthew–Romans): no model trained on them and
    no search scored them (searches score the six ``kjv_validation`` books);
 2. part ``tiny``: ``recipes/repro/no_finetune.yaml`` (PI / NTK / YaRN / LongRoPE ± n̂ / DCIS /
@@ -271,7 +271,11 @@ def load_efficiency() -> dict | None:
 
 
 # ----- the document ----------------------------------------------------------------------------
-def build_report() -> str:
+def build_report(previous: str | None = None) -> str:
+    """docs/REPRODUCTION.md from the outputs on this machine. ``previous`` (the document as it
+    stands): a section whose outputs are not here at all (:func:`missing_sections`) keeps its text,
+    and its claims their summary rows, from it instead of turning "pending" — a partial rerun
+    (``--only finetune``) must not erase what other parts measured elsewhere."""
     by_scale = {
         k: load_runs(no_finetune_dir(k) / "eval_ppl", no_finetune_dir(k) / "eval_needles")
         for k in NO_FT_SCALES
@@ -282,6 +286,8 @@ def build_report() -> str:
     eff = load_efficiency()
     claims: list[tuple[str, bool | None, str]] = []
     body: list[str] = []
+    starts: dict[int, int] = {1: 0}
+    """Section number → index of its first claim in ``claims``."""
 
     # --- table 1: no fine-tuning -------------------------------------------------------------
     lengths = [128, 256, 512, 1024]
@@ -350,11 +356,13 @@ def build_report() -> str:
     # --- table 2: fine-tuning (three seeds) -------------------------------------------------
     from longctx.benchmarks.repro_finetune import section as finetune_section
 
+    starts[2] = len(claims)
     ft_body, ft_claims = finetune_section(OUT, load_runs, ppl, retrieval, table)
     body += ft_body
     claims += ft_claims
 
     # --- table 3: search efficiency -----------------------------------------------------------
+    starts[3] = len(claims)
     body += [
         "## 3. Search efficiency (DCIS paper's claim)",
         "",
@@ -364,6 +372,7 @@ def build_report() -> str:
     body += efficiency_section(eff, claims)
 
     # --- table 4: SmolLM2 ---------------------------------------------------------------------
+    starts[4] = len(claims)
     smol_lengths = [8192, SMOL_LENGTH]
     body += [
         "## 4. A real pretrained model: SmolLM2-135M-Instruct, 8k → 16k with no fine-tuning",
@@ -426,7 +435,13 @@ def build_report() -> str:
     ))  # fmt: skip
 
     # --- table 5: SmolLM2 short-context quality ---------------------------------------------
+    starts[5] = len(claims)
     body += smollm2_short_section()
+    summary = [f"| {c} | {verdict(ok)} | {why} |" for c, ok, why in claims]
+    if previous is not None:
+        body, summary = keep_missing(
+            previous, body, summary, claims, starts, missing_sections(by_scale, smol, eff)
+        )
 
     head = [
         "# Reproduction: the papers' claims at small scale",
@@ -447,9 +462,56 @@ def build_report() -> str:
         "| claim | at this scale | numbers |",
         "|---|---|---|",
     ]
-    head += [f"| {c} | {verdict(ok)} | {why} |" for c, ok, why in claims]
+    head += summary
     head += ["", *NOTES[:2], *scale_notes(), *NOTES[2:], ""]
     return "\n".join(head + body) + "\n"
+
+
+KEPT = "*Kept from the previous version of this document: this machine has none of its outputs ({}).*"
+
+
+def missing_sections(by_scale: dict, smol: dict, eff: dict | None) -> dict[int, str]:
+    """Sections of docs/REPRODUCTION.md with none of their outputs here → where they would be."""
+    from longctx.benchmarks.repro_finetune import SEEDS
+
+    finetune = [OUT / f"{kind}_window_s{seed}" for kind in ("mixed", "long") for seed in SEEDS]
+    where = {
+        1: (not any(by_scale.values()), "outputs/repro/no_finetune*"),
+        2: (not any(d.exists() for d in finetune), "outputs/repro/{mixed,long}_window_s*"),
+        3: (eff is None, "outputs/repro/search_efficiency_*"),
+        4: (not smol, f"outputs/repro/smollm2_{SMOL_LENGTH // 1024}k"),
+        5: (not (OUT / "smollm2_short" / "results.json").exists(), "outputs/repro/smollm2_short"),
+    }
+    return {n: path for n, (gone, path) in where.items() if gone}
+
+
+def _sections(lines: list[str]) -> dict[int, tuple[int, int]]:
+    """Section number → (first line, end) of each "## N. " section in ``lines``."""
+    heads = [(i, int(m.group(1))) for i, x in enumerate(lines) if (m := re.match(r"## (\d+)\. ", x))]
+    return {n: (i, heads[k + 1][0] if k + 1 < len(heads) else len(lines)) for k, (i, n) in enumerate(heads)}
+
+
+def keep_missing(previous: str, body: list[str], summary: list[str], claims: list, starts: dict[int, int],
+                 missing: dict[int, str]) -> tuple[list[str], list[str]]:  # fmt: skip
+    """``body`` and ``summary`` with each missing section's text and claim rows from ``previous``."""
+    old = previous.splitlines()
+    old_sections, new_sections = _sections(old), _sections(body)
+    rows = {x.split(" | ", 1)[0]: x for x in old if x.startswith("| ")}
+    bounds = {n: (i, starts.get(n + 1, len(claims))) for n, i in starts.items()}
+    summary = list(summary)
+    for n in sorted(missing, reverse=True):  # from the end: earlier line numbers stay valid
+        if n not in old_sections or n not in new_sections:
+            continue
+        a, b = old_sections[n]
+        kept = old[a:b]
+        if not any(x.startswith("*Kept from the previous version") for x in kept):
+            kept[1:1] = ["", KEPT.format(missing[n])]
+        c, d = new_sections[n]
+        body = body[:c] + kept + body[d:]
+        lo, hi = bounds[n]
+        for j in range(lo, hi):
+            summary[j] = rows.get(summary[j].split(" | ", 1)[0], summary[j])
+    return body, summary
 
 
 def build_32k_report() -> str:
@@ -608,15 +670,13 @@ NOTES = [
 ]
 
 
+DCIS_CLAIM = "DCIS: ≤ 0.5× the evaluations of LongRoPE evolution to reach the same perplexity ({scale}×)"
+
+
 def efficiency_section(eff: dict | None, claims: list) -> list[str]:
     if eff is None:
-        claims.append(
-            (
-                "DCIS: ≤ 0.5× the evaluations of LongRoPE evolution to reach the same perplexity",
-                None,
-                "not run",
-            )
-        )
+        for scale, _, _ in EFFICIENCY_RUNS:
+            claims.append((DCIS_CLAIM.format(scale=scale), None, "not run"))
         return ["pending", ""]
     lines = [
         f"`benchmarks/search_efficiency.py` on the tiny base: {eff.get('setup', '')}".rstrip(),
@@ -654,9 +714,7 @@ def efficiency_section(eff: dict | None, claims: list) -> list[str]:
             ok, why = False, f"DCIS did not get within 1 % of the best; evolution in {evo}"
         else:
             ok, why = None, "neither got within 1 % of the best"
-        claims.append((
-            f"DCIS: ≤ 0.5× the evaluations of LongRoPE evolution to reach the same perplexity ({scale}×)", ok, why,
-        ))  # fmt: skip
+        claims.append((DCIS_CLAIM.format(scale=scale), ok, why))
     return lines
 
 
@@ -717,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
             run([sys.executable, "benchmarks/smollm2_short.py", "--check-bf16", "--out", out])
             run([sys.executable, "benchmarks/smollm2_short.py", "--out", out])
     docs = (
-        [(DOC, build_report)]
+        [(DOC, lambda: build_report(DOC.read_text() if DOC.exists() else None))]
         if set(parts) & {"tiny", "finetune", "efficiency", "smollm2", "smollm2_short"}
         else []
     )

@@ -213,3 +213,48 @@ def test_smollm2_32k_overrides_validate_and_the_report_judges_each_claim(repro, 
     assert repro.main(["--only", "smollm2_32k", "--report-only"]) == 0
     assert (tmp_path / "32k.md").read_text().startswith("# Reproduction at 4×")
     assert not (tmp_path / "main.md").exists()
+
+
+def test_a_partial_rerun_keeps_sections_whose_outputs_are_elsewhere(repro, tmp_path):
+    """docs/REPRODUCTION.md rebuilt on a machine that lacks a part's outputs keeps that part's
+    section and summary rows from the document as it stood, marked; without the old document
+    (the negative control) they turn pending."""
+    import shutil
+
+    algos = {
+        "evolution": {"evaluations": 400, "evals_to_reach": None, "best_ppl": 37.4},
+        "dcis": {"evaluations": 237, "evals_to_reach": 160, "best_ppl": 36.9},
+    }
+    eff = tmp_path / "search_efficiency_16x"
+    eff.mkdir()
+    (eff / "results.json").write_text(
+        json.dumps({"setup": "model m", "scales": {"16": {"target_length": 2048, "algorithms": algos}}})
+    )
+    _eval_stage(
+        tmp_path / "no_finetune" / "eval_ppl", [{"name": "PI", "tasks": _ppl({128: 38.0, 1024: 47.0})}]
+    )
+    full = repro.build_report()
+    shutil.rmtree(eff)  # section 3's outputs are not on this machine; section 1's are, changed
+    (tmp_path / "no_finetune" / "eval_ppl" / "results.json").write_text(
+        json.dumps({"runs": [{"name": "PI", "tasks": _ppl({128: 39.0, 1024: 48.0})}]})
+    )
+
+    def claim(text: str) -> str:
+        return next(x for x in text.splitlines() if x.startswith("| DCIS: ≤ 0.5×") and "(16×)" in x)
+
+    def section(text: str, n: int) -> str:
+        return text.split(f"\n## {n}. ", 1)[1].split("\n## ", 1)[0]
+
+    assert "| pending |" in claim(repro.build_report())  # negative control: nothing to keep from
+    kept = repro.build_report(full)
+    assert claim(kept) == claim(full) and "**holds**" in claim(kept)
+    assert "| dcis | 237 | 160 | 36.90 | < 0.400 |" in section(kept, 3)
+    assert section(kept, 3).count("*Kept from the previous version") == 1
+    assert "outputs/repro/search_efficiency_*" in section(kept, 3)
+    assert "| PI | 39.00 |" in section(kept, 1) and "| PI | 38.00 |" in section(full, 1)  # rebuilt
+    assert repro.build_report(kept) == kept  # a second partial rerun changes nothing
+    repro.main(["--report-only", "--only", "finetune"])  # the CLI: no old document yet, then one
+    assert "| pending |" in claim(repro.DOC.read_text())
+    repro.DOC.write_text(full)
+    repro.main(["--report-only", "--only", "finetune"])
+    assert repro.DOC.read_text() == kept
