@@ -258,3 +258,15 @@ def test_a_partial_rerun_keeps_sections_whose_outputs_are_elsewhere(repro, tmp_p
     repro.DOC.write_text(full)
     repro.main(["--report-only", "--only", "finetune"])
     assert repro.DOC.read_text() == kept
+
+
+def test_ruler_column_is_the_13_task_average_or_says_how_many_ran(repro):
+    def tasks(average_13, ran, missing):
+        cell = {"average_13": average_13, "average_ran": 40.0, "ran": ran, "missing": missing}
+        return {"ruler": {"average": {"1024": 40.0}, "by_length": {"1024": cell}}}
+
+    full = repro.retrieval(tasks(37.5, [f"t{i}" for i in range(13)], []), 1024)
+    assert repro.ruler_cell(full) == "37.5"
+    part = repro.retrieval(tasks(None, [f"t{i}" for i in range(11)], ["qa_1", "qa_2"]), 1024)
+    assert repro.ruler_cell(part) == "40.0 (11 of 13)" and part["ruler_missing"] == ["qa_1", "qa_2"]
+    assert repro.ruler_cell(repro.retrieval({}, 1024)) == "pending"
