@@ -93,16 +93,28 @@ POLICIES = ("hf", "balanced", "short_original")
 FIXED = "fixed"
 """The row policy of a search scored under a fixed attention factor: its spec as searched (one
 explicit factor for both sets, stock-HF expressible)."""
-SEARCH_ATTENTIONS = (None, 1.0)
-"""Our searches at each scale: scored under transformers' default factor (then shown under each
-policy), and under factor 1.0 for both sets — short inputs exactly the pretrained model's under
-stock HF (short factors all 1), the long factors searched knowing that."""
+SEARCHES = (("longrope2", None), ("longrope2", 1.0), ("evolution", 1.0))
+"""Our searches at each scale, (algorithm, attention factor while scoring): LongRoPE2 under
+transformers' default factor (then shown under each policy), and LongRoPE2 and LongRoPE's
+evolution under factor 1.0 for both sets — short inputs exactly the pretrained model's under
+stock HF (short factors all 1), the long factors searched knowing that. LongRoPE2's space keeps
+λ ≥ s above its critical dimension; LongRoPE's starts from PI, NTK and YaRN and spans [1, 1.25 s]."""
+ALGORITHM_NAMES = {"longrope2": "LongRoPE2", "evolution": "LongRoPE evolution"}
 BASELINE_NAMES = {"linear": "PI", "ntk": "NTK", "yarn": "YaRN"}
 EXTERNAL = ("DCIS", "DPE", "LongRoPE2")
 """Specs from other searches, given as ``--spec NAME=PATH``; "pending" rows without one."""
 FULL_FORWARD_MINUTES = {4: 8.5, 8: 35}
 """A full-length (L' = 32k / 64k) forward on this CPU: what a search at 4× / 8× pays per candidate."""
 SEARCH_SETTINGS = {"population": 6, "generations": 40, "parents": 3, "mutants": 2, "crossovers": 1}
+EVOLUTION_SETTINGS = {**SEARCH_SETTINGS, "n_hat_choices": [0]}
+"""LongRoPE's evolution at the same size; n̂ = 0 because stock transformers' ``longrope`` has no
+start positions (an n̂ > 0 spec would not export)."""
+
+
+def search_settings(algorithm: str) -> dict:
+    return EVOLUTION_SETTINGS if algorithm == "evolution" else SEARCH_SETTINGS
+
+
 """LongRoPE2 evolution sized for a small budget: 6 seeds, then 3 children per generation; the
 budget (``max_evaluations``) stops it, so ``generations`` is only an upper bound."""
 DEFAULT_BUDGET = 12
@@ -139,8 +151,10 @@ def attention_tag(attention: float | None) -> str:
     return "" if attention is None else f"_a{attention:g}"
 
 
-def search_id(scale: float, attention: float | None = None) -> str:
-    return f"ours-{scale_tag(scale)}" + attention_tag(attention).replace("_", "-")
+def search_id(scale: float, attention: float | None = None, algorithm: str = "longrope2") -> str:
+    """ours-8x (LongRoPE2, default factor), ours-8x-a1, ours-8x-evolution-a1."""
+    algo = "" if algorithm == "longrope2" else f"-{algorithm}"
+    return f"ours-{scale_tag(scale)}{algo}" + attention_tag(attention).replace("_", "-")
 
 
 class Missing(Exception):
@@ -348,6 +362,8 @@ class Group:
     search_attention: float | None = None
     """Ours: the attention factor both factor sets get while the search scores candidates (and in
     its result); None: transformers' default for the target (the ``hf`` policy)."""
+    algorithm: str = "longrope2"
+    """Ours: the search algorithm (``rope.search``)."""
 
     @property
     def name(self) -> str:
@@ -357,7 +373,7 @@ class Group:
             return f"{BASELINE_NAMES[self.method]} {scale_label(self.scale)}"
         if self.kind == "ours" and self.search_attention is not None:
             return (
-                f"LongRoPE2 search {scale_label(self.scale)} at attention factor "
+                f"{ALGORITHM_NAMES[self.algorithm]} search {scale_label(self.scale)} at attention factor "
                 f"{self.search_attention:g} (ours, 16k proxy)"
             )
         if self.kind == "ours":
@@ -413,7 +429,10 @@ def plan_groups(scales, external: list[tuple[str, RopeSpec]] = ()) -> list[Group
     for s in ordered:
         t = scale_tag(s)
         groups += [Group(f"yarn-{t}", "baseline", s, "yarn")]
-        groups += [Group(search_id(s, a), "ours", s, search_attention=a) for a in SEARCH_ATTENTIONS]
+        groups += [
+            Group(search_id(s, a, algo), "ours", s, search_attention=a, algorithm=algo)
+            for algo, a in SEARCHES
+        ]
         groups += [Group(f"pi-{t}", "baseline", s, "linear"), Group(f"ntk-{t}", "baseline", s, "ntk")]
         given = [(n, spec) for n, spec in external if spec.scale == s]
         groups += [Group(f"{n.lower()}-{t}", "external", s, n, spec) for n, spec in given]
@@ -557,12 +576,16 @@ class Bench:
         )  # fmt: skip
         return template if attention is None else with_attention_policy(template, "balanced", attention)
 
-    def search_dir(self, scale: float, attention: float | None = None) -> Path:
-        return self.out / f"search_{scale_tag(scale)}{attention_tag(attention)}"
+    def search_dir(self, scale: float, attention: float | None = None, algorithm: str = "longrope2") -> Path:
+        algo = "" if algorithm == "longrope2" else f"_{algorithm}"
+        return self.out / f"search_{scale_tag(scale)}{algo}{attention_tag(attention)}"
 
-    def searched(self, scale: float, *, compute: bool, attention: float | None = None) -> dict | None:
+    def searched(
+        self, scale: float, *, compute: bool, attention: float | None = None, algorithm: str = "longrope2"
+    ) -> dict | None:
         """Our search at ``scale`` (run or resumed when ``compute``), from its result file."""
-        d = self.search_dir(scale, attention)
+        d = self.search_dir(scale, attention, algorithm)
+        settings = search_settings(algorithm)
         if compute:
             s = self.setup
             at = "transformers' default" if attention is None else f"{attention:g}"
@@ -571,16 +594,16 @@ class Bench:
                 f"attention factor {at}"
             )
             result = run_search(
-                "longrope2", self.search_template(scale, attention),
+                algorithm, self.search_template(scale, attention),
                 self.scorer(s.search_length, self.search_dtype),
-                dict(SEARCH_SETTINGS), out_dir=d, seed=s.seed, max_evaluations=self.budget, progress=self.progress,
+                dict(settings), out_dir=d, seed=s.seed, max_evaluations=self.budget, progress=self.progress,
             )  # fmt: skip
             spec = result.spec
             write_text_atomic(d / SEARCH_RESULT, json.dumps({
                 "spec": spec.to_dict(), "score": result.score, "evaluations": result.evaluations,
                 "rejected": result.rejected, "scores": result.scores, "budget": self.budget,
                 "dtype": self.search_dtype, "length": s.search_length, "documents": s.search_doc_names,
-                "critical_dim": spec.params.get("critical_dim"), "settings": SEARCH_SETTINGS,
+                "critical_dim": spec.params.get("critical_dim"), "settings": settings, "algorithm": algorithm,
                 "attention_factor": attention,
             }, indent=2) + "\n")  # fmt: skip
         path = d / SEARCH_RESULT
@@ -624,7 +647,9 @@ class Bench:
                 return [Row(ids[0], group, None, base)]
         else:
             need = compute and any(wanted(i) for i in ids)
-            found = self.searched(group.scale, compute=need, attention=group.search_attention)
+            found = self.searched(
+                group.scale, compute=need, attention=group.search_attention, algorithm=group.algorithm
+            )
             if found is None:
                 return [
                     Row(i, group, p, None, pending="search not run yet") for i, p in zip(ids, group.policies)
@@ -714,9 +739,10 @@ class Bench:
         for group in groups:
             if group.kind == "ours":
                 a = group.search_attention
-                found = self.searched(group.scale, compute=False, attention=a)
+                found = self.searched(group.scale, compute=False, attention=a, algorithm=group.algorithm)
                 if found is not None:
-                    tag = scale_tag(group.scale) + attention_tag(a)
+                    algo = "" if group.algorithm == "longrope2" else f"_{group.algorithm}"
+                    tag = scale_tag(group.scale) + algo + attention_tag(a)
                     searches[tag] = {**found, "spec": found["spec"].to_dict()}
                     bal = None if a is not None else self.balanced(found["spec"], compute=False)
                     if bal is not None:
@@ -892,7 +918,8 @@ def report_lines(results: dict) -> list[str]:
         a = found.get("attention_factor")
         att = "transformers' default while scoring" if a is None else f"{a:g} for both sets"
         lines.append(
-            f"- Search {tag}: best proxy ppl {found['score']:.3f} after {found['evaluations']} candidates "
+            f"- Search {tag} ({ALGORITHM_NAMES[found.get('algorithm', 'longrope2')]}): best proxy ppl "
+            f"{found['score']:.3f} after {found['evaluations']} candidates "
             f"(budget {found.get('budget')}; attention factor {att}; critical dim {found.get('critical_dim')}, "
             f"long factors {min(factors):.2f}–{max(factors):.2f})."
         )

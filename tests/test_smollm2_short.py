@@ -178,6 +178,28 @@ def test_search_under_a_fixed_attention_factor(parts, tmp_path):
     assert "| LongRoPE2 search 8× at attention factor 1 (ours, 16k proxy) | fixed |" in text
 
 
+def test_evolution_at_factor_one_starts_from_the_stock_methods(parts, tmp_path):
+    """ours-8x-evolution-a1: LongRoPE's evolution (n̂ = 0: stock HF has no start positions) scored
+    at factor 1.0; its first candidates are PI, NTK and YaRN's factors, so it is never worse on
+    the search documents than NTK's factors as long factors under the same factor."""
+    b = make_bench(parts, tmp_path, budget=4)
+    groups = bench_mod.plan_groups([8])
+    res = b.run(groups, ["ours-8x-evolution-a1"])
+    r = row(res, "ours-8x-evolution-a1/fixed")
+    spec = RopeSpec.from_dict(r["spec"])
+    assert r["attention_factors"] == [1.0, 1.0] and r["stock_hf"] is True and spec.n_hat == 0
+    found = res["searches"]["8x_evolution_a1"]
+    assert found["algorithm"] == "evolution" and found["evaluations"] == 4
+    log = [
+        json.loads(x)
+        for x in (tmp_path / "search_8x_evolution_a1" / "evaluations.jsonl").read_text().splitlines()
+    ]
+    ntk = b.baseline("ntk", 8).factors("long")
+    assert log[1]["factors"] == pytest.approx(ntk, abs=0.01)  # seeds: PI, NTK, YaRN
+    assert found["score"] == min(e["score"] for e in log) <= log[1]["score"]
+    assert "LongRoPE evolution search 8× at attention factor 1" in (tmp_path / "table.md").read_text()
+
+
 def test_pending_cells_and_external_specs(parts, tmp_path):
     b = make_bench(parts, tmp_path)
     base = b.setup.base
@@ -189,7 +211,15 @@ def test_pending_cells_and_external_specs(parts, tmp_path):
     external = bench_mod.parse_external([f"LongRoPE2={path}"])
     groups = bench_mod.plan_groups([4, 8], external)
     ids = [g.id for g in groups]
-    assert ids[:6] == ["original", "yarn-8x", "ours-8x", "ours-8x-a1", "pi-8x", "ntk-8x"]  # 8× first
+    assert ids[:7] == [
+        "original",
+        "yarn-8x",
+        "ours-8x",
+        "ours-8x-a1",
+        "ours-8x-evolution-a1",
+        "pi-8x",
+        "ntk-8x",
+    ]
     assert ids.index("longrope2-8x") < ids.index("yarn-4x") and "longrope2-4x" in ids
     res = b.results(groups)
     lines = bench_mod.report_lines(res)
