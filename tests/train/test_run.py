@@ -97,3 +97,22 @@ def test_stage_failing_on_its_input_stops_with_one_line(tmp_path, tiny_corpus, l
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"{recipe}: stages.readjust (readjust): needle_ppl: length=64 is too short"), last
     assert not (tmp_path / "out" / "readjust" / "COMPLETE").exists()
+
+
+def test_a_setting_added_later_keeps_stages_completed_before_it(tmp_path):
+    """config.json of a stage completed before a schema key existed lacks that key: unset (None)
+    now, it is the same stage; set, it is not."""
+    import pytest
+
+    from longctx.train.load import RecipeError
+    from longctx.train.run import _check_same_config
+    from longctx.train.stages.search import Settings
+
+    stage = Settings(kind="search", name="s", target_length=512)
+    saved = stage.model_dump(mode="json")
+    del saved["attention_factor"]  # written by a version without the key
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _check_same_config(stage, tmp_path, tmp_path / "r.yaml")
+    changed = stage.model_copy(update={"attention_factor": 1.0})
+    with pytest.raises(RecipeError, match=r"\(attention_factor differ\)"):
+        _check_same_config(changed, tmp_path, tmp_path / "r.yaml")
