@@ -213,6 +213,13 @@ def test_smollm2_32k_overrides_validate_and_the_report_judges_each_claim(repro, 
     assert repro.main(["--only", "smollm2_32k", "--report-only"]) == 0
     assert (tmp_path / "32k.md").read_text().startswith("# Reproduction at 4×")
     assert not (tmp_path / "main.md").exists()
+    # on a machine without any of its outputs the 32k document is kept as it is
+    import shutil
+
+    shutil.rmtree(tmp_path / "smollm2_32k")
+    (tmp_path / "32k.md").write_text("measured elsewhere\n")
+    assert repro.main(["--only", "smollm2_32k", "--report-only"]) == 0
+    assert (tmp_path / "32k.md").read_text() == "measured elsewhere\n"
 
 
 def test_a_partial_rerun_keeps_sections_whose_outputs_are_elsewhere(repro, tmp_path):
