@@ -277,3 +277,13 @@ def test_ruler_column_is_the_13_task_average_or_says_how_many_ran(repro):
     part = repro.retrieval(tasks(None, [f"t{i}" for i in range(11)], ["qa_1", "qa_2"]), 1024)
     assert repro.ruler_cell(part) == "40.0 (11 of 13)" and part["ruler_missing"] == ["qa_1", "qa_2"]
     assert repro.ruler_cell(repro.retrieval({}, 1024)) == "pending"
+
+
+def test_retrieval_gaps_within_two_samples_get_no_verdict(repro):
+    tasks = {**_passkey(1024, [("1", "1")] * 12), "niah": {"samples": [{"length": 1024}] * 12}}
+    n = repro.retrieval_samples(tasks, 1024)
+    assert n == 24
+    assert repro.beats(4.2, 0.0, n) == "noise"  # one sample of 24
+    assert repro.beats(8.3, 0.0, n) == "noise" and repro.beats(12.5, 0.0, n) is True  # three samples
+    assert repro.beats(0.0, 15.1, n) is False and repro.beats(None, 1.0, n) is None
+    assert repro.verdict("noise") == "**no difference beyond 2 samples**"
