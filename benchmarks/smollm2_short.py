@@ -613,13 +613,18 @@ class Bench:
         data["spec"] = RopeSpec.from_dict(data["spec"], source=str(path))
         return data
 
-    def balanced(self, spec: RopeSpec, *, compute: bool) -> tuple[RopeSpec, list[dict]] | None:
+    def balanced(
+        self, spec: RopeSpec, *, compute: bool, dtype: str | None = None
+    ) -> tuple[RopeSpec, list[dict]] | None:
+        """The balanced factor, scored in ``dtype`` — the dtype its search scored in, so a rerun
+        with another ``--search-dtype`` keeps a finished search's balance (None: this run's)."""
         short, long = self.setup.balance_lengths
+        dtype = dtype or self.search_dtype
         try:
             return balance_attention_factor(
                 spec,
-                self.scorer(short, self.search_dtype, compute=compute),
-                self.scorer(long, self.search_dtype, compute=compute),
+                self.scorer(short, dtype, compute=compute),
+                self.scorer(long, dtype, compute=compute),
                 points=BALANCE_POINTS,
             )
         except Missing:
@@ -641,6 +646,7 @@ class Bench:
                 f"candidate with full {round(self.setup.L * group.scale):,}-token forwards{each}"
             )
             return [Row(ids[0], group, None, None, pending=why)]
+        dtype = None
         if group.kind == "external":
             base = group.spec
             if group.policies == (None,):
@@ -654,13 +660,13 @@ class Bench:
                 return [
                     Row(i, group, p, None, pending="search not run yet") for i, p in zip(ids, group.policies)
                 ]
-            base = found["spec"]
+            base, dtype = found["spec"], found.get("dtype")
             if group.search_attention is not None:
                 return [Row(ids[0], group, FIXED, base)]
         rows = []
         for row_id, policy in zip(ids, POLICIES):
             if policy == "balanced":
-                bal = self.balanced(base, compute=compute and wanted(row_id))
+                bal = self.balanced(base, compute=compute and wanted(row_id), dtype=dtype)
                 spec = None if bal is None else bal[0]
                 rows.append(
                     Row(row_id, group, policy, spec, None if bal else "balanced factor not computed yet")
@@ -744,7 +750,11 @@ class Bench:
                     algo = "" if group.algorithm == "longrope2" else f"_{group.algorithm}"
                     tag = scale_tag(group.scale) + algo + attention_tag(a)
                     searches[tag] = {**found, "spec": found["spec"].to_dict()}
-                    bal = None if a is not None else self.balanced(found["spec"], compute=False)
+                    bal = (
+                        None
+                        if a is not None
+                        else self.balanced(found["spec"], compute=False, dtype=found.get("dtype"))
+                    )
                     if bal is not None:
                         searches[tag]["balance"] = bal[1]
         check_path = self.out / CHECK_FILE
@@ -895,16 +905,17 @@ def report_lines(results: dict) -> list[str]:
         "",
         "Notes:",
         "",
-        f"- Our search: `rope.search.run_search('longrope2')` on the {scale} template (L' = "
+        f"- Our searches: `rope.search.run_search` (LongRoPE2; LongRoPE's evolution where the row says so) on "
+        f"the {scale} template (L' = "
         f"{s['L'] * s['verdict_scale']:,}: its critical-dimension space and bounds; 4× likewise), candidates scored "
         f"by `eval.scorer.build_scorer` perplexity at {s['search_length']:,} tokens on {s['search_documents']} — a "
         f"PROXY for the full-length objective (a {s['L'] * s['verdict_scale']:,}-token forward is "
-        f"~{FULL_FORWARD_MINUTES[8]:g} min here) — in {s['search_dtype']}, population "
+        f"~{FULL_FORWARD_MINUTES[8]:g} min here), population "
         f"{SEARCH_SETTINGS['population']}, {SEARCH_SETTINGS['mutants'] + SEARCH_SETTINGS['crossovers']} children per "
-        "generation, each search's budget (candidates scored) below.",
+        "generation; each search's budget (candidates scored) and dtype below.",
         f"- balanced: `balance_attention_factor` over {s['balance_points']} factors in [1, f_hf]; short = ppl "
         f"{s['balance_lengths'][0]:,}, long = ppl {s['balance_lengths'][1]:,}, both on {s['search_documents']} "
-        f"in {s['search_dtype']} (not the evaluation document).",
+        "in the dtype its search scored in (not the evaluation document).",
         "- hf: stock transformers' one attention factor sqrt(1 + ln s / ln L) on both factor sets; "
         "short_original: 1.0 on short inputs (exactly the pretrained RoPE), which stock HF cannot express "
         "(vLLM can: short_mscale / long_mscale).",
@@ -920,7 +931,8 @@ def report_lines(results: dict) -> list[str]:
         lines.append(
             f"- Search {tag} ({ALGORITHM_NAMES[found.get('algorithm', 'longrope2')]}): best proxy ppl "
             f"{found['score']:.3f} after {found['evaluations']} candidates "
-            f"(budget {found.get('budget')}; attention factor {att}; critical dim {found.get('critical_dim')}, "
+            f"(budget {found.get('budget')}, {found.get('dtype')}; attention factor {att}; "
+            f"critical dim {found.get('critical_dim')}, "
             f"long factors {min(factors):.2f}–{max(factors):.2f})."
         )
         for b in found.get("balance", []):
