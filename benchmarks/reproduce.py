@@ -430,10 +430,8 @@ def build_report(previous: str | None = None) -> str:
     def pooled(pair: tuple[str, str]) -> tuple[str, list[float | None], int]:
         """The compared runs' retrieval over the seeds: (measure, mean score per run, samples per run)."""
         runs = [{k: r[k] for k in pair if k in r} for r in seeds8]
-        exact = any((exact_score(t, 1024) or 0) > 0 for r in runs for t in r.values())
-        score = exact_score if exact else digit_score
-        label = "mean passkey/NIAH " + (
-            "exact-match accuracy" if exact else "digit accuracy (no run retrieves a key exactly)"
+        score, label = retrieval_measure(
+            {f"{k} (seed {i})": t for i, r in enumerate(runs) for k, t in r.items()}, 1024
         )
         means = [_mean([v for r in runs if k in r and (v := score(r[k], 1024)) is not None]) for k in pair]
         samples = sum(retrieval_samples(r[pair[0]], 1024) for r in runs if pair[0] in r)

@@ -280,7 +280,7 @@ def describe(setup: dict, docs: int) -> str:
     cap = setup["max_evals"] or "none"
     return (f"model {setup['model']}, L = {setup['original_length']} (perplexity {setup['ppl_at_L']:.2f} at L); "
             f"objective plain perplexity on {docs} KJV books truncated to L' ({', '.join(setup['documents'])}"
-            f"{'; ' + setup['documents_source'] if 'documents_source' in setup else ''}); "
+            f"; {setup['documents_source']}); "
             f"every algorithm at its defaults, seed {setup['seed']}, evaluation cap {cap}")  # fmt: skip
 
 

@@ -106,17 +106,11 @@ EXTERNAL = ("DCIS", "DPE", "LongRoPE2")
 FULL_FORWARD_MINUTES = {4: 8.5, 8: 35}
 """A full-length (L' = 32k / 64k) forward on this CPU: what a search at 4× / 8× pays per candidate."""
 SEARCH_SETTINGS = {"population": 6, "generations": 40, "parents": 3, "mutants": 2, "crossovers": 1}
+"""LongRoPE2 evolution sized for a small budget: 6 seeds, then 3 children per generation; the
+budget (``max_evaluations``) stops it, so ``generations`` is only an upper bound."""
 EVOLUTION_SETTINGS = {**SEARCH_SETTINGS, "n_hat_choices": [0]}
 """LongRoPE's evolution at the same size; n̂ = 0 because stock transformers' ``longrope`` has no
 start positions (an n̂ > 0 spec would not export)."""
-
-
-def search_settings(algorithm: str) -> dict:
-    return EVOLUTION_SETTINGS if algorithm == "evolution" else SEARCH_SETTINGS
-
-
-"""LongRoPE2 evolution sized for a small budget: 6 seeds, then 3 children per generation; the
-budget (``max_evaluations``) stops it, so ``generations`` is only an upper bound."""
 DEFAULT_BUDGET = 12
 BALANCE_POINTS = 4
 """Factors tried by ``balance_attention_factor``: 1, f_hf and two between."""
@@ -146,15 +140,21 @@ def scale_label(scale: float) -> str:
     return f"{scale:g}×"
 
 
-def attention_tag(attention: float | None) -> str:
-    """ "" for transformers' default factor, "_a1" for a search scored at factor 1.0."""
-    return "" if attention is None else f"_a{attention:g}"
+def search_settings(algorithm: str) -> dict:
+    return EVOLUTION_SETTINGS if algorithm == "evolution" else SEARCH_SETTINGS
+
+
+def search_tag(scale: float, attention: float | None = None, algorithm: str = "longrope2") -> str:
+    """One search's name: "8x" (LongRoPE2 under transformers' default factor), "8x_a1" (scored at
+    factor 1.0), "8x_evolution_a1" — its folder ``search_<tag>``, its key in the results and, with
+    dashes, its row id ``ours-<tag>``."""
+    algo = "" if algorithm == "longrope2" else f"_{algorithm}"
+    return scale_tag(scale) + algo + ("" if attention is None else f"_a{attention:g}")
 
 
 def search_id(scale: float, attention: float | None = None, algorithm: str = "longrope2") -> str:
-    """ours-8x (LongRoPE2, default factor), ours-8x-a1, ours-8x-evolution-a1."""
-    algo = "" if algorithm == "longrope2" else f"-{algorithm}"
-    return f"ours-{scale_tag(scale)}{algo}" + attention_tag(attention).replace("_", "-")
+    """ours-8x, ours-8x-a1, ours-8x-evolution-a1."""
+    return "ours-" + search_tag(scale, attention, algorithm).replace("_", "-")
 
 
 class Missing(Exception):
@@ -577,8 +577,7 @@ class Bench:
         return template if attention is None else with_attention_policy(template, "balanced", attention)
 
     def search_dir(self, scale: float, attention: float | None = None, algorithm: str = "longrope2") -> Path:
-        algo = "" if algorithm == "longrope2" else f"_{algorithm}"
-        return self.out / f"search_{scale_tag(scale)}{algo}{attention_tag(attention)}"
+        return self.out / f"search_{search_tag(scale, attention, algorithm)}"
 
     def searched(
         self, scale: float, *, compute: bool, attention: float | None = None, algorithm: str = "longrope2"
@@ -747,8 +746,7 @@ class Bench:
                 a = group.search_attention
                 found = self.searched(group.scale, compute=False, attention=a, algorithm=group.algorithm)
                 if found is not None:
-                    algo = "" if group.algorithm == "longrope2" else f"_{group.algorithm}"
-                    tag = scale_tag(group.scale) + algo + attention_tag(a)
+                    tag = search_tag(group.scale, a, group.algorithm)
                     searches[tag] = {**found, "spec": found["spec"].to_dict()}
                     bal = (
                         None
