@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - older huggingface_hub
     StrictDataclassError = ValueError
 
 from longctx.rope.errors import RopeExportError
-from longctx.rope.hf_config import to_hf_config
+from longctx.rope.hf_config import lift_sliding_window, to_hf_config
 from longctx.rope.install import _check_compatible, _rotary_modules
 from longctx.rope.spec import RopeSpec
 
@@ -34,6 +34,7 @@ def _config_for(model: nn.Module, spec: RopeSpec, hf: dict):
     config.max_position_embeddings = hf["max_position_embeddings"]
     if "original_max_position_embeddings" in hf and hasattr(config, "original_max_position_embeddings"):
         config.original_max_position_embeddings = hf["original_max_position_embeddings"]  # Phi-3
+    lift_sliding_window(config, hf["max_position_embeddings"])  # the served length passes the window
     _check_stock_config(config, spec)
     return config
 

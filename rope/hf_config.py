@@ -149,3 +149,24 @@ def _yarn_spec(rp: dict[str, Any], common: dict[str, Any], max_pos: int, origina
     return RopeSpec(
         "yarn", **common, target_length=target, attention_factor=rp.get("attention_factor"), params=params
     )
+
+
+def lift_sliding_window(config: Any, length: int) -> int | None:
+    """Switch ``config``'s sliding-window attention off when ``length`` passes the window (in place).
+
+    Mistral-7B-v0.1 (``sliding_window: 4096``), Phi-3-mini (2047) and Qwen2 with
+    ``use_sliding_window`` attend to the last ``sliding_window`` keys only: a model "extended"
+    past the window would still see a window of it, in training and in every long eval (flash
+    and SDPA both apply it). The LongRoPE papers extend these models with full attention.
+    Returns the window that was lifted, or None when there was none or ``length`` fits in it.
+    """
+    window = getattr(config, "sliding_window", None)
+    if window is None or length <= window:
+        return None
+    config.sliding_window = None
+    if getattr(config, "use_sliding_window", False):
+        config.use_sliding_window = False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        config.layer_types = ["full_attention" for _ in layer_types]
+    return int(window)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from longctx.rope import RopeSpec, from_hf_config
+from longctx.rope.hf_config import lift_sliding_window
 from longctx.train.attention import attention_implementation
 from longctx.train.models import init_model, model_config
 from longctx.train.precision import Precision
@@ -133,6 +134,12 @@ class RunContext:
         ``device`` (default: the accelerator's device).
         """
         kwargs = dict(dtype=self.precision.load_dtype(training), attn_implementation=self.attention)
+        if source is None and self.recipe.model.init is None:  # a pretrained model: its quirks
+            path = resolve_path(self.recipe_file, self.recipe.model.path)
+            config = AutoConfig.from_pretrained(
+                path, local_files_only=True, gguf_file=self.recipe.model.gguf_file
+            )
+            kwargs["config"] = self._full_attention(config)
         # a training model is loaded partitioned under ZeRO-3 (zero3_init_flag: each rank reads its
         # shard, never the whole model); a model that runs outside the engine is loaded whole
         with contextlib.nullcontext() if training else outside_zero_init(self.accelerator):
@@ -185,9 +192,24 @@ class RunContext:
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
             tie_embeddings=init.tie_embeddings,
+            **({"sliding_window": init.sliding_window} if init.sliding_window else {}),
         )
+        config = self._full_attention(config)
         with outside_zero_init(self.accelerator):
             return init_model(config, self.recipe.seed, dtype=dtype, attn_implementation=attn_implementation)
+
+    def _full_attention(self, config):
+        """``config`` without its sliding window when the recipe runs past it (logged once)."""
+        from longctx.train.schema import longest_length
+
+        longest = longest_length(self.recipe)
+        window = lift_sliding_window(config, longest)
+        if window is not None and not self._cache.get("lifted"):
+            self._cache["lifted"] = True
+            self.log(
+                f"model: sliding_window {window} lifted (full attention): the recipe runs to {longest:,} tokens"
+            )
+        return config
 
     def base_spec(self, model) -> RopeSpec:
         """The pretrained model's own RoPE (original length L, original base)."""

@@ -33,7 +33,7 @@ from longctx.rope import set_factor_set
 from longctx.train import sequence_parallel as sp
 from longctx.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from longctx.train.recipe import TrainStage
-from longctx.train.tiled_loss import causal_lm_loss_sum, hidden_loss_sum
+from longctx.train.tiled_loss import causal_lm_loss_sum, hidden_loss_sum, through_wrapper
 
 
 class TrainingError(RuntimeError):
@@ -140,14 +140,22 @@ def _forward_loss(
             k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch, varlen).items()
         }
         if tiled:  # ZeRO-3: the head's weight is a shard, liger cannot fuse; slices of logits only
-            return causal_lm_loss_sum(unwrapped, inputs)[0] / step_tokens
+            # through the engine's forward: ZeRO-3 counts micro-steps there (gradient accumulation)
+            return (
+                through_wrapper(model, unwrapped, lambda: causal_lm_loss_sum(unwrapped, inputs)[0])
+                / step_tokens
+            )
         return model(**inputs, num_items_in_batch=step_tokens).loss  # transformers: sum / num_items_in_batch
     part = sp.shard(batch, layout.rank, layout.size)
     # no attention_mask: Ulysses drops masks built for a shard; flash finds documents from the
     # (gathered, per-document) position ids, sdpa applies a plain causal mask to the whole row
     inputs = {"input_ids": part["input_ids"].to(device), "position_ids": part["position_ids"].to(device)}
     # the shard's logits are taken a slice at a time
-    total = hidden_loss_sum(unwrapped, {**inputs, "use_cache": False}, part["shift_labels"])
+    total = through_wrapper(
+        model,
+        unwrapped,
+        lambda: hidden_loss_sum(unwrapped, {**inputs, "use_cache": False}, part["shift_labels"]),
+    )
     return sp.group_sum(total, sp.sp_group()) / step_tokens
 
 

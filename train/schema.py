@@ -30,6 +30,9 @@ class ModelInit(Strict):
     """L: the length the base model is pretrained at."""
     tie_embeddings: bool = True
     """Share the input embedding and the LM head (fewer parameters for tiny models)."""
+    sliding_window: int | None = Field(None, gt=0)
+    """Sliding-window attention of this many keys (Mistral / Phi-3 / Qwen2 style); lifted at load
+    when the recipe's longest length passes it (``rope.hf_config.lift_sliding_window``)."""
 
 
 class ModelCfg(Strict):
@@ -158,6 +161,16 @@ def declared_length(recipe) -> int | None:
     if recipe.model.init is not None:
         return recipe.model.init.original_length
     return recipe.model.original_length
+
+
+def longest_length(recipe) -> int:
+    """The longest sequence any stage trains, searches or evaluates at (0 when none names one)."""
+    lengths = [0]
+    for stage in recipe.stages:
+        lengths += [w.length for w in getattr(stage, "windows", None) or []]
+        lengths += list(getattr(stage, "lengths", None) or [])
+        lengths.append(getattr(stage, "target_length", None) or 0)
+    return max(lengths)
 
 
 def window_errors(recipe, stage: TrainStage, where: str) -> list[str]:

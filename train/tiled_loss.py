@@ -21,6 +21,7 @@ twice — measured: ``AssertionError`` in ``stage3.__reduce_and_partition_ipg_gr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,36 @@ LOGITS_PER_SHARD = 1 << 28
 
 def shards_for(tokens: int, vocab: int) -> int:
     return max(1, math.ceil(tokens * vocab / LOGITS_PER_SHARD))
+
+
+def vocab_of(head: torch.nn.Module) -> int:
+    """The head's output size. Under ZeRO-3 ``head.weight`` is a partition whose ``.shape`` is
+    ``(0,)`` outside a gather: read the module's ``out_features`` (or ZeRO-3's ``ds_shape``)."""
+    if getattr(head, "out_features", None):
+        return int(head.out_features)
+    weight = head.weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
+def through_wrapper(wrapper: torch.nn.Module, module: torch.nn.Module, fn: Callable, *args):
+    """``fn(*args)`` run as ``module``'s forward, called through ``wrapper`` (the prepared model:
+    a DeepSpeed engine, DDP, or ``module`` itself), so the wrapper's forward bookkeeping runs.
+
+    Why: DeepSpeed ≥ 0.18.5 ZeRO-3 advances its micro-step counter only in
+    ``DeepSpeedEngine.forward`` (``clear_backward_seen_flag``) and copies instead of accumulating
+    a gradient while it is 0; a loss computed by calling the model's parts directly made every
+    micro-batch overwrite the last under gradient accumulation. The engine's forward also
+    starts ZeRO-3's prefetch trace (the root module's hooks) and registers its backward hooks.
+    The instance's own ``forward`` (accelerate may have set one) is put back afterwards."""
+    saved = module.__dict__.get("forward")
+    module.forward = fn
+    try:
+        return wrapper(*args)
+    finally:
+        if saved is None:
+            del module.forward
+        else:
+            module.forward = saved
 
 
 def _slice_loss(head: torch.nn.Module, hidden: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
@@ -50,7 +81,7 @@ def tiled_loss_sum(
     shifted: position i predicts ``shifted[i]``), ``shards`` slices of the tokens at a time."""
     from torch.utils.checkpoint import checkpoint
 
-    shards = shards or shards_for(hidden.shape[0] * hidden.shape[1], head.weight.shape[0])
+    shards = shards or shards_for(hidden.shape[0] * hidden.shape[1], vocab_of(head))
     flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), shifted.reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)
     for h, y in zip(torch.chunk(flat_h, shards), torch.chunk(flat_y, shards)):

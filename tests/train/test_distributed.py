@@ -27,10 +27,10 @@ LAUNCH = {
 }
 
 
-def _stages(accum: int) -> list[dict]:
+def _stages(accum: int, rows: int = 2) -> list[dict]:
     return [
         {
-            "name": "base", "kind": "pretrain", "steps": 6, "micro_batch_size": 2, "grad_accum": accum,
+            "name": "base", "kind": "pretrain", "steps": 6, "micro_batch_size": rows, "grad_accum": accum,
             "lr": 1e-2, "checkpoint_every": 3, "keep_checkpoints": 2, "log_every": 1,
             "windows": [{"length": 64, "share": 1.0, "rope": "original"}],
         }
@@ -73,6 +73,19 @@ def test_two_processes_match_one_process(kind, single_process, tmp_path, tiny_co
         torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-5, msg=key)
     tokens = json.loads((tmp_path / "out" / "base" / "metrics.jsonl").read_text().splitlines()[0])["tokens"]
     assert tokens == 2 * 2 * 64, f"each rank trained on its own micro-batch ({proc.args[-1]})"
+
+
+def test_zero3_accumulates_gradients_over_micro_batches(single_process, tmp_path, tiny_corpus):
+    """grad_accum 2 × 1 row on each of 2 ZeRO-3 processes = 1 process with grad_accum 2 × 2 rows.
+    Before: the tiled loss bypassed ``DeepSpeedEngine.forward``, ZeRO-3's micro-step counter
+    never advanced and each micro-batch's gradient overwrote the last (weights 5e-2 away)."""
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_corpus, tmp_path / "out", stages=_stages(2, rows=1))
+    proc = _launch("zero3", recipe)
+    assert "loss: tiled over lm_head" in proc.stderr
+    assert _losses(tmp_path / "out") == pytest.approx(_losses(single_process), rel=1e-5, abs=1e-6)
+    ours, ref = _weights(tmp_path / "out"), _weights(single_process)
+    for key, value in ref.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-5, msg=key)
 
 
 def test_zero3_resumes_from_its_sharded_checkpoint(single_process, tmp_path, tiny_corpus):

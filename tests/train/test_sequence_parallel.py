@@ -109,9 +109,10 @@ def test_a_shard_with_no_valid_labels_adds_nothing():
     assert float(total) == 0.0 and int(count) == 0 and float(total / count.clamp(min=1)) == 0.0
 
 
-def _stage(length: int = 2 * L, steps: int = 4) -> list[dict]:
+def _stage(length: int = 2 * L, steps: int = 4, rows: int = 2, accum: int = 1) -> list[dict]:
     return [
-        {"name": "ft", "kind": "finetune", "steps": steps, "micro_batch_size": 2, "lr": 1e-2, "log_every": 1,
+        {"name": "ft", "kind": "finetune", "steps": steps, "micro_batch_size": rows, "grad_accum": accum,
+         "lr": 1e-2, "log_every": 1,
          "checkpoint_every": 2, "windows": [{"length": length, "share": 1.0, "rope": "rescaled"}]},
     ]  # fmt: skip
 
@@ -143,13 +144,17 @@ def test_recipes_that_cannot_split_are_refused(tmp_path, tiny_corpus, longrope_m
     assert "deepspeed_zero3_ulysses.yaml" in err.value.lines[1]
 
 
-def test_two_process_ulysses_equals_one_process(tmp_path, tiny_corpus, longrope_model):
+@pytest.mark.parametrize("accum", [1, 2], ids=["one_micro_batch", "grad_accum_2"])
+def test_two_process_ulysses_equals_one_process(accum, tmp_path, tiny_corpus, longrope_model):
     """Rows of 2L split in two: shard 0 sees positions < L (the factor-choice trap) and attends
-    to nothing of shard 1 unless DeepSpeed's all-to-all really runs — either would change the loss."""
+    to nothing of shard 1 unless DeepSpeed's all-to-all really runs — either would change the loss.
+    ``grad_accum_2`` (2 micro-batches of 1 row against 1 of 2 rows): before, the loss bypassed
+    ``DeepSpeedEngine.forward`` and ZeRO-3 kept only the last micro-batch's gradient (4.9e-2)."""
     one = model_recipe(tmp_path / "one.yaml", longrope_model, tiny_corpus, tmp_path / "one", _stage())
     run_cli(one)
+    stage = _stage(rows=2 // accum, accum=accum)
     two = model_recipe(
-        tmp_path / "two.yaml", longrope_model, tiny_corpus, tmp_path / "two", _stage(), sequence_parallel=2
+        tmp_path / "two.yaml", longrope_model, tiny_corpus, tmp_path / "two", stage, sequence_parallel=2
     )
     proc = launch("deepspeed_zero3_ulysses.yaml", two)
     assert "Ulysses sequence parallelism: each row split over 2 processes" in proc.stderr

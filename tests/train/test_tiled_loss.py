@@ -52,3 +52,34 @@ def test_shards_bound_the_logits_alive():
     assert shards_for(131072, 128256) == 63  # Llama-3 at 128k: 63 slices of ≤ 2^28 logits
     assert shards_for(100, 128) == 1
     assert 131072 * 128256 / shards_for(131072, 128256) <= tiled_loss.LOGITS_PER_SHARD
+
+
+class _PartitionedHead(torch.nn.Module):
+    """An ``lm_head`` as ZeRO-3 leaves it between gathers: ``.weight`` an empty partition with
+    ``ds_shape``; the forward still computes the full projection (ZeRO-3's hook gathers it)."""
+
+    def __init__(self, hidden: int, vocab: int):
+        super().__init__()
+        self.out_features = vocab
+        self.full = torch.nn.Parameter(torch.randn(vocab, hidden) * 0.1)
+        self.weight = torch.empty(0)
+        self.weight.ds_shape = torch.Size([vocab, hidden])
+
+    def forward(self, x):
+        return x @ self.full.T
+
+
+def test_a_partitioned_head_still_gives_several_slices(monkeypatch):
+    """Before: ``shards_for(..., head.weight.shape[0])`` read 0 from ZeRO-3's partition and took
+    one slice of full logits (~25-34 GB at 128k for Llama-3's vocabulary)."""
+    monkeypatch.setattr(tiled_loss, "LOGITS_PER_SHARD", 64 * 100)
+    head, calls = _PartitionedHead(8, 1000), []
+    head.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    hidden, labels = torch.randn(2, 32, 8), torch.randint(0, 1000, (2, 32))
+    total = tiled_loss.tiled_loss_sum(head, hidden, labels)
+    assert calls == [7] * 9 + [1]  # 64 tokens x 1000 logits in slices of <= 6400
+    ref = torch.nn.functional.cross_entropy(head(hidden.view(-1, 8)), labels.view(-1), reduction="sum")
+    torch.testing.assert_close(total, ref)
+    assert tiled_loss.vocab_of(head) == 1000
+    head.out_features = None  # a head without out_features: ZeRO-3's ds_shape
+    assert tiled_loss.vocab_of(head) == 1000
