@@ -19,6 +19,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from longctx.rope import RopeSpec, apply_rope
+from longctx.train import sequence_parallel as sp
 from longctx.train.attention import SEGMENTS, segment_attention, supports_segments
 from longctx.train.context import RunContext, outside_zero_init
 from longctx.train.kernels import apply_liger
@@ -118,11 +119,6 @@ def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
     n = ctx.recipe.sequence_parallel
     if n > 1:
         ctx.log(f"[{stage.name}] Ulysses sequence parallelism: each row split over {n} processes")
-        if ctx.attention == "sdpa" and any(w.rope == "original" for w in stage.windows):
-            ctx.log(
-                f"[{stage.name}] warning: under Ulysses, sdpa drops the document mask of packed rows "
-                "(they attend across documents); attention: flash keeps documents apart"
-            )
     if stage.lora is not None:
         model = wrap_lora(model, stage.lora, seed=ctx.recipe.seed)
         ctx.log(f"[{stage.name}] LoRA: {len(trainable_names(model))} trainable tensors")
@@ -131,8 +127,19 @@ def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
     if tiled:
         ctx.log(f"[{stage.name}] loss: tiled over lm_head (no [tokens, vocab] logits; train.tiled_loss)")
     # SDPA keeps packed documents apart without a mask: one causal call per document
-    segments = ctx.attention == "sdpa" and n == 1 and supports_segments(bare)
-    if segments:
+    segments = ctx.attention == "sdpa" and supports_segments(bare)
+    varlen = ctx.attention == "flash_attention_2" or segments  # batches flattened, cu_seq_lens
+    if ctx.attention == "sdpa" and n > 1:
+        if not segments:  # Ulysses drops every mask: packed documents would attend to each other
+            raise ValueError(
+                f"{stage.name}: {type(bare).__name__} does not dispatch attention through transformers' "
+                f"AttentionInterface, so sdpa under sequence_parallel={n} cannot keep packed documents "
+                "apart; use model.attention: flash"
+            )
+        sp.segments_under_ulysses()  # DeepSpeed's wrapper takes it as its core attention
+        ctx.log(f"[{stage.name}] attention: sdpa per document under Ulysses (whole-sequence cu_seq_lens)")
+        segments = False  # the model keeps "sdpa": DeepSpeed wraps that name
+    elif segments:
         ctx.log(f"[{stage.name}] attention: sdpa per document ({SEGMENTS}), no mask tensor")
     with segment_attention(bare) if segments else nullcontext():
         result = train_loop(
@@ -141,7 +148,7 @@ def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
             stage,
             stage_dir,
             ctx.accelerator,
-            varlen=ctx.attention == "flash_attention_2" or segments,
+            varlen=varlen,
             sequence_parallel=n,
             tiled_loss=tiled,
         )

@@ -87,20 +87,22 @@ def _one_document_per_row(doc_ids: torch.Tensor) -> bool:
     return bool(((doc_ids == first) | ~real).all()) and bool(real[:, 0].all())
 
 
-def _configure_accumulation(accelerator: Accelerator, cfg: TrainStage, dp_size: int) -> None:
+def _configure_accumulation(accelerator: Accelerator, cfg: TrainStage, dp_size: int, rows: int) -> None:
     """This stage's accumulation (and, under DeepSpeed, micro-batch and clipping) settings.
 
     DeepSpeed reads them from its config when the engine is built, so they are set before
-    ``prepare`` for every training stage (a recipe's stages may differ).
+    ``prepare`` for every training stage (a recipe's stages may differ). ``rows``: the batch
+    dimension the model sees (1 when a micro-batch is flattened to one sequence under Ulysses:
+    DeepSpeed's attention wrapper checks it).
     """
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     accelerator.step = 0  # accumulation boundaries count from this stage's first micro-batch
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         plugin.deepspeed_config["gradient_accumulation_steps"] = cfg.grad_accum
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = rows
         plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm
-        plugin.deepspeed_config["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * dp_size
+        plugin.deepspeed_config["train_batch_size"] = rows * cfg.grad_accum * dp_size
         if accelerator.mixed_precision in ("bf16", "fp16"):
             # DeepSpeed's half mode keeps fp32 master weights; gradients accumulate in fp32 too
             plugin.deepspeed_config.setdefault("data_types", {})["grad_accum_dtype"] = "fp32"
@@ -146,10 +148,11 @@ def _forward_loss(
                 / step_tokens
             )
         return model(**inputs, num_items_in_batch=step_tokens).loss  # transformers: sum / num_items_in_batch
-    part = sp.shard(batch, layout.rank, layout.size)
-    # no attention_mask: Ulysses drops masks built for a shard; flash finds documents from the
-    # (gathered, per-document) position ids, sdpa applies a plain causal mask to the whole row
+    part = sp.shard(batch, layout.rank, layout.size, varlen=varlen)
+    # no attention_mask: Ulysses drops masks built for a shard; documents are kept apart by the
+    # whole sequence's cu_seq_lens, read by the core attention after the all-to-all (sp.shard)
     inputs = {"input_ids": part["input_ids"].to(device), "position_ids": part["position_ids"].to(device)}
+    inputs |= {k: v.to(device) if torch.is_tensor(v) else v for k, v in part.get("varlen", {}).items()}
     # the shard's logits are taken a slice at a time
     total = through_wrapper(
         model,
@@ -190,7 +193,8 @@ def train_loop(
         model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
     )
     scheduler = _scheduler(cfg, optimizer)
-    _configure_accumulation(accelerator, cfg, layout.dp_size)
+    rows = 1 if varlen and layout.size > 1 else cfg.micro_batch_size  # sp.shard flattens
+    _configure_accumulation(accelerator, cfg, layout.dp_size, rows)
     # the scheduler stays ours (accelerate's wrapper would step it once per process) and is
     # checkpointed by us: accelerate's registrations would outlive this stage
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -75,19 +75,49 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # [batch, seq]
 
 
-def shard(batch: dict, rank: int, size: int) -> dict:
-    """Rank ``rank``'s contiguous 1/size slice of a global micro-batch (labels shifted first)."""
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def shard(batch: dict, rank: int, size: int, varlen: bool = False) -> dict:
+    """Rank ``rank``'s contiguous 1/size slice of a global micro-batch (labels shifted first).
+
+    ``varlen``: the micro-batch is first flattened to one sequence (``data.packing
+    .flash_varlen_kwargs``) and the slice carries the WHOLE sequence's document boundaries
+    (``cu_seq_lens_*``, under ``varlen``): after Ulysses' all-to-all each rank attends over the
+    whole sequence (for its heads), so the core attention — flash's varlen kernel, or
+    ``train.attention.segment_sdpa_forward`` under sdpa — keeps every document apart, for any
+    number of rows per micro-batch.
+    """
     seq = batch["input_ids"].shape[1]
     if seq % size:
         raise ValueError(f"sequence_parallel: row length {seq} is not divisible by {size}")
-    chunk = seq // size
+    rows, extra = batch, {}
+    if varlen:
+        from longctx.data.packing import flash_varlen_kwargs
+
+        rows = flash_varlen_kwargs(batch)
+        extra = {"varlen": {k: rows[k] for k in VARLEN_KEYS}}
+    chunk = rows["input_ids"].shape[1] // size
     part = slice(rank * chunk, (rank + 1) * chunk)
     return {
-        "input_ids": batch["input_ids"][:, part],
-        "position_ids": batch["position_ids"][:, part],  # Ulysses all-gathers them back to global
-        "shift_labels": shift_labels(batch["labels"])[:, part],
+        "input_ids": rows["input_ids"][:, part],
+        "position_ids": rows["position_ids"][:, part],  # Ulysses all-gathers them back to global
+        "shift_labels": shift_labels(rows["labels"])[:, part],
         "row_kind": batch["row_kind"],  # the global row's kind: the factor set for every shard
+        **extra,
     }
+
+
+def segments_under_ulysses() -> None:
+    """Make SDPA under Ulysses keep packed documents apart: ``ALL_ATTENTION_FUNCTIONS["sdpa"]``
+    is overridden (locally) with :func:`train.attention.segment_sdpa_forward` before
+    ``accelerator.prepare``, so DeepSpeed's wrapper takes it as its core attention; it runs
+    plain SDPA when no ``cu_seq_lens_q`` comes (:func:`release_groups` drops the override)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from longctx.train.attention import segment_sdpa_forward
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = segment_sdpa_forward
 
 
 def group_sum(total: torch.Tensor, group=None) -> torch.Tensor:
@@ -140,5 +170,6 @@ def release_groups() -> None:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     for key in list(ALL_ATTENTION_FUNCTIONS):
-        if "UlyssesSPAttentionHF" in getattr(ALL_ATTENTION_FUNCTIONS[key], "__qualname__", ""):
+        name = getattr(ALL_ATTENTION_FUNCTIONS[key], "__qualname__", "")
+        if "UlyssesSPAttentionHF" in name or (key == "sdpa" and name == "segment_sdpa_forward"):
             del ALL_ATTENTION_FUNCTIONS[key]  # drops the local override only
