@@ -55,3 +55,16 @@ def test_reproduction_fine_tunes_are_token_matched():
 
     mixed, long = tokens("mixed_window"), tokens("long_window")
     assert abs(long - mixed) / mixed < 0.01, (mixed, long)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_long_perplexity_is_measured_on_long_local_documents(path):
+    """The demo corpora's longest document is ~55k tokens: a recipe measuring ppl at 64k+ on
+    them would report ``ppl None`` there. Such recipes name a local long-document set (PG19)."""
+    from longctx.data.corpus import DEMO_CORPORA
+
+    recipe = load_recipe(path, check_files=False)
+    for stage in recipe.stages:
+        if stage.kind == "eval" and "ppl" in stage.tasks and max(stage.lengths) >= 65536:
+            assert stage.ppl_data not in DEMO_CORPORA, f"{path.name}: stages.{stage.name}.ppl_data"
+            assert "pg19" in stage.ppl_data and "pg19-test" in path.read_text()

@@ -46,3 +46,35 @@ def test_searches_score_validation_documents_not_training_ones(tmp_path, tiny_co
     # too few long validation documents: the preflight line names data.validation
     line = search.preflight(settings.model_copy(update={"num_samples": 9}), ctx)[0]
     assert "data.validation has 3" in line
+
+
+def test_an_eval_length_no_document_reaches_is_refused_before_any_stage(tmp_path, tiny_corpus, capsys):
+    """Before: ``ppl`` at a length longer than every ``ppl_data`` document came out ``None``
+    (``docs: 0``) after the whole run; now one line names the stage, the length and the longest
+    document, before the pretrain stage starts."""
+    from longctx.train.run import main
+
+    short = tmp_path / "short"
+    short.mkdir()
+    for i in range(3):
+        (short / f"d{i}.txt").write_text(load_demo_corpus("kjv")[50 + i][:2000])
+    import yaml
+
+    base = yaml.safe_load(write_recipe(tmp_path / "r.yaml", tiny_corpus, tmp_path / "out").read_text())[
+        "stages"
+    ]
+
+    def recipe(ppl_data, lengths):
+        ev = {"name": "ev", "kind": "eval", "tasks": ["ppl"], "lengths": lengths, "ppl_data": str(ppl_data)}
+        return write_recipe(tmp_path / "r.yaml", tiny_corpus, tmp_path / "out", stages=[base[0], ev])
+
+    path = recipe(short, [64, 100_000])
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"{path}: stages.ev.lengths: ppl at 100,000 tokens needs a document")
+    assert "the longest" in err[0] and str(short) in err[0]
+    assert not (tmp_path / "out" / "base").exists(), "refused before the first stage ran"
+    # a missing ppl_data path is one line too, not a FileNotFoundError after the training stages
+    assert main([str(recipe(tmp_path / "no", [64]))]) == 2
+    assert "stages.ev.ppl_data: ppl_data" in capsys.readouterr().err

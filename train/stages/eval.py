@@ -96,6 +96,36 @@ def check(recipe, index: int, where: str) -> list[str]:
     return lines
 
 
+def preflight(stage, ctx) -> list[str]:
+    """Every perplexity length against its data, before any model loads: a length no
+    ``ppl_data`` document reaches would report ``ppl None`` (``docs: 0``) after the whole run."""
+    from pathlib import Path
+
+    from longctx.eval.tasks import read_documents
+
+    where = f"stages.{stage.name}"
+    lines = []
+    if stage.qa_data and not Path(stage.qa_data).is_file():
+        lines.append(f"{where}.qa_data: {stage.qa_data!r} is not a file; expected a QA .jsonl")
+    if "ppl" not in stage.tasks:
+        return lines
+    try:
+        texts = read_documents(stage.ppl_data)
+    except FileNotFoundError as err:
+        return [*lines, f"{where}.ppl_data: {err}"]
+    tokenizer = ctx.tokenizer()
+    sizes = [len(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+    longest = max(sizes, default=0)
+    short = [n for n in stage.lengths if n > longest]
+    if short:
+        lines.append(
+            f"{where}.lengths: ppl at {short[0]:,} tokens needs a document of >= {short[0]:,} tokens; "
+            f"ppl_data {stage.ppl_data!r} has {len(sizes)} documents, the longest {longest:,} tokens "
+            f"(lengths {short} unreachable); name a long-document source in {where}.ppl_data"
+        )
+    return lines
+
+
 def plan(recipe, stage) -> str:
     return f"eval {stage.tasks} at {stage.lengths} for {[r.name for r in stage.runs] or [stage.name]}"
 
