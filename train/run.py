@@ -223,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         from longctx.train.planner import describe_memory
+        from longctx.train.schema import describe_batch
 
         print("plan:")
         print("\n".join(describe_plan(recipe)))
+        print("\n".join(describe_batch(recipe, gpus=args.gpus)))
         print("\n".join(describe_memory(recipe, Path(args.recipe), gpus=args.gpus, gpu_gib=args.gpu_mem)))
         return 0
     try:

@@ -191,3 +191,54 @@ def train_plan(stage: TrainStage) -> str:
     tokens = stage.steps * stage.grad_accum * stage.micro_batch_size * longest
     windows = [(w.length, w.share, w.rope) for w in stage.windows]
     return f"{stage.steps} steps, ≤{tokens:,} tokens/process, windows {windows}"
+
+
+def about(n: float) -> str:
+    """A token count as a recipe comment writes it: 0.23B, 52M, 640k."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale or unit == "k":
+            v = n / scale
+            return f"{v:.2g}{unit}" if v < 100 else f"{v:.0f}{unit}"
+    raise AssertionError  # unreachable
+
+
+def batch_plan(stage: TrainStage, gpus: int, sequence_parallel: int = 1) -> dict:
+    """What one optimizer step of a training stage consumes on ``gpus`` processes.
+
+    Every micro-batch is ``micro_batch_size`` rows of ONE window (``data.mixed``), chosen so each
+    window's share of TOKENS is met: window i takes a fraction ∝ share_i / length_i of the
+    micro-batches, so a row holds 1 / Σ(share_i / length_i) tokens on average. The ranks of a
+    sequence-parallel group process the same rows, so the data-parallel size — what multiplies
+    the batch — is ``gpus / sequence_parallel``."""
+    dp = max(gpus // sequence_parallel, 1)
+    rows = stage.micro_batch_size * stage.grad_accum * dp
+    row_tokens = 1.0 / sum(w.share / w.length for w in stage.windows)
+    per_step = rows * row_tokens
+    return {
+        "gpus": gpus, "data_parallel": dp, "sequence_parallel": sequence_parallel, "rows": rows,
+        "row_tokens": row_tokens, "tokens_per_step": per_step, "tokens": per_step * stage.steps,
+    }  # fmt: skip
+
+
+def batch_comment(plan: dict) -> str:
+    """The form a recipe's ``steps:`` comment states a stage's batch in (tests compare them)."""
+    return f"on {plan['gpus']} processes: global batch {plan['rows']} rows, ≈{about(plan['tokens'])} tokens"
+
+
+def describe_batch(recipe, gpus: int) -> list[str]:
+    """``--dry-run``: per training stage, the global batch and the tokens it trains on."""
+    lines = [f"batch (on {gpus} processes; --gpus):"]
+    sp = recipe.sequence_parallel
+    for stage in recipe.stages:
+        if getattr(stage, "windows", None) is None or not hasattr(stage, "grad_accum"):
+            continue
+        p = batch_plan(stage, gpus, sp)
+        lines.append(
+            f"  {stage.name}: {gpus} = {p['data_parallel']} data-parallel × {sp} sequence-parallel; "
+            f"global batch {p['rows']} rows ({stage.micro_batch_size} × grad_accum {stage.grad_accum} × "
+            f"{p['data_parallel']}) of ≈{p['row_tokens']:,.0f} tokens = ≈{p['tokens_per_step']:,.0f} "
+            f"tokens/step; {stage.steps:,} steps ≈ {about(p['tokens'])} tokens"
+        )
+        if gpus % sp:
+            lines.append(f"    (sequence_parallel {sp} does not divide {gpus}: the run would refuse)")
+    return lines

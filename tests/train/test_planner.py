@@ -81,3 +81,52 @@ def test_each_long_recipe_launches_with_a_config_its_plan_says_fits(name, tmp_pa
     assert f"→ use accelerate_configs/{launch.group(1)}.yaml" in out, out[-1500:]
     row = next(line for line in out.splitlines() if line.strip().startswith(launch.group(1) + " "))
     assert " yes" in row
+
+
+def test_batch_under_sequence_parallel_counts_data_parallel_groups_only():
+    """Under ``sequence_parallel: 8`` on 8 GPUs there is ONE data-parallel group: llama3_128k's
+    global batch is 8 rows (not the 64 its comment used to say), ≈229M tokens (not ≈10B)."""
+    from pathlib import Path
+
+    from longctx.train.load import load_recipe
+    from longctx.train.schema import batch_plan
+
+    recipe = load_recipe(Path("recipes/llama3_128k.yaml"), check_files=False)
+    stage = next(s for s in recipe.stages if s.name == "mixed_ft")
+    p = batch_plan(stage, gpus=8, sequence_parallel=recipe.sequence_parallel)
+    assert (p["data_parallel"], p["rows"]) == (1, 8)
+    # 30 % of tokens in 8k rows, 70 % in 128k rows: a row holds 1 / (0.3/8192 + 0.7/131072) tokens
+    assert p["row_tokens"] == pytest.approx(23_831.3, abs=0.1)
+    assert p["tokens"] == pytest.approx(1200 * 8 / (0.3 / 8192 + 0.7 / 131072), rel=1e-9)
+    assert batch_plan(stage, gpus=64, sequence_parallel=8)["rows"] == 64
+
+
+@pytest.mark.parametrize(
+    "name", ["llama3_128k", "llama2_2048k", "mistral_128k", "phi3_mini_128k", "dcis_llama2_64k", "tiny"]
+)
+def test_recipe_comments_state_the_batch_the_dry_run_prints(name, capsys):
+    """Each training stage's ``steps:`` comment says the global batch and the tokens on 8
+    processes, as ``--dry-run --gpus 8`` computes them; no other comment claims a batch."""
+    import re
+    from pathlib import Path
+
+    from longctx.train.load import load_recipe
+    from longctx.train.schema import batch_comment, batch_plan
+
+    path = Path("recipes") / f"{name}.yaml"
+    recipe = load_recipe(path, check_files=False)
+    text = path.read_text()
+    stated = re.findall(
+        r"^\s+steps: \d+\s+#.*?(on \d+ processes: global batch \d+ rows, ≈\S+ tokens)", text, re.M
+    )
+    train = [s for s in recipe.stages if hasattr(s, "grad_accum")]
+    if name != "tiny":  # the GPU recipes must state it; tiny runs on one CPU process
+        assert len(stated) == len(train), f"{path}: a training stage's steps: line states no batch"
+    for stage, claim in zip(train, stated):
+        gpus = int(claim.split()[1])
+        assert claim == batch_comment(batch_plan(stage, gpus, recipe.sequence_parallel)), (path, stage.name)
+    assert not re.search(r"× \d+ GPUs = global batch", text), f"{path}: a batch claim the plan does not make"
+    if name == "tiny":
+        assert main([str(path), "--dry-run", "--gpus", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "  base: 1 = 1 data-parallel × 1 sequence-parallel; global batch 16 rows" in out
