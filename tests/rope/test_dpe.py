@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from longctx.rope import RopeExportError, RopeSpec, RopeSpecError, apply_rope, to_hf_config
+from longctx.rope import RopeExportError, RopeSpec, RopeSpecError, apply_rope, dpe, to_hf_config
 from longctx.rope.dpe import DPEPlan, dpe_attention, remapped_positions, select_key_dims
 from tests.tiny import tiny_config, tiny_model
 
@@ -98,10 +98,9 @@ def test_query_blocks_give_the_same_attention(monkeypatch):
     k, v = (torch.randn(2, 2, n, d, dtype=torch.float64) for _ in range(2))
     causal = torch.full((n, n), float("-inf"), dtype=torch.float64).triu(1)[None, None].expand(2, 1, n, n)
     whole, weights = dpe_attention(module, q, k, v, causal, 0.5)
-    assert weights is not None and weights.shape == (2, 4, n, n)
-    monkeypatch.setattr(dpe, "QUERY_BLOCK", 5)  # 5 blocks, the last one short
-    blocked, weights = dpe_attention(module, q, k, v, causal, 0.5)
-    assert weights is None
+    assert weights is None  # two merged passes: no attention weights (as SDPA / flash)
+    monkeypatch.setattr(dpe, "SCORE_ELEMENTS", 2 * n * 5)  # 5-row chunks clamped to 16: 2 chunks
+    blocked, _ = dpe_attention(module, q, k, v, causal, 0.5)
     assert torch.allclose(blocked, whole, atol=1e-12, rtol=0)
     # a mask that broadcasts over queries (decoding) is used as is
     pad = torch.zeros(2, 1, 1, n, dtype=torch.float64)
@@ -135,8 +134,7 @@ def test_query_blocks_shrink_to_bound_the_score_tensor(monkeypatch):
     assert dpe.query_block(1, 2, n) == 17
     monkeypatch.setattr(dpe, "SCORE_ELEMENTS", 2 * n * 3)  # room for 3: clamped to 16 (16, 16, 8)
     assert dpe.query_block(1, 2, n) == 16
-    blocked, weights = dpe_attention(module, q, k, v, causal, 0.5)
-    assert weights is None  # more than one block
+    blocked, _ = dpe_attention(module, q, k, v, causal, 0.5)
     assert torch.allclose(blocked, whole, atol=1e-12, rtol=0)
 
 
@@ -218,33 +216,118 @@ def test_cached_decoding_logits_equal_the_full_forward():
     assert torch.allclose(torch.stack(steps, 1), full[:, 89:], atol=1e-5, rtol=0)
 
 
-def test_16k_without_a_mask_matches_the_dense_reference():
-    """At 16k tokens the model gets no mask tensor (causality inside the kernel, block by block);
-    rows at the start, middle and end equal the dense two-part reference for those rows."""
+def _dense_dpe(q0, k0, v, inv, scales, window, scale, q_pos, k_pos, rows=None):
+    """Reference, float64, from the rule itself: unrotated q0 [b, h, n, d], k0/v [b, kv, m, d]
+    (GQA: query head i uses KV head i // (h / kv)); each key scored at normal positions within
+    the window, at remapped ones beyond it; causal by index (queries at the last n keys); one
+    softmax. ``rows``: only these query rows.  # [b, rows, h, d]"""
+    groups = q0.shape[1] // k0.shape[1]
+    q0, k0, v = q0.double(), k0.double().repeat_interleave(groups, 1), v.double().repeat_interleave(groups, 1)
+    rows = slice(None) if rows is None else rows
+    qp, kp = q_pos[rows].double(), k_pos.double()
+    qn, kn = _rope(q0[:, :, rows], qp[:, None].expand(-1, len(scales)), inv), _rope(k0, kp[:, None], inv)
+    qf = _rope(q0[:, :, rows], torch.stack([qp // s + window - window // s for s in scales], -1), inv)
+    kf = _rope(k0, torch.stack([kp // s for s in scales], -1), inv)
+    near, far = qn @ kn.transpose(2, 3), qf @ kf.transpose(2, 3)
+    scores = torch.where((qp[:, None] - kp[None]) < window, near, far) * scale
+    n, m = q_pos.shape[0], k_pos.shape[0]
+    index = torch.arange(m - n, m)[rows]
+    scores = scores.masked_fill(torch.arange(m)[None] > index[:, None], float("-inf"))
+    return (torch.softmax(scores, -1) @ v).transpose(1, 2)
+
+
+def _causal_module(inv, scales, window, groups):
+    return types.SimpleNamespace(
+        _longctx_dpe=DPEPlan(inv, scales, window), num_key_value_groups=groups, training=False, is_causal=True
+    )
+
+
+@pytest.mark.parametrize("window", [5, 24, 64, 200])
+def test_two_passes_merged_by_log_sum_exp_equal_the_dense_reference(monkeypatch, window):
+    """The model's path (causal, no mask tensor): far pass + near chunks merged by their
+    log-sum-exps equals one dense softmax, float32 at 1e-5, with several heads and GQA, in
+    chunks of 7 rows or one, when decoding (one row, several rows past and within W), with the
+    matmul fallback, and when the keys outnumber the queries by more than W."""
     import longctx.rope.dpe as dpe
 
+    torch.manual_seed(5)
+    b, heads, kv, n, d = 2, 6, 2, 150, 16
+    inv = 1.0 / (10_000.0 ** (torch.arange(0, d, 2).double() / d))
+    scales = torch.tensor([1.0, 2.0, 4.0, 1.0, 3.0, 8.0, 1.0, 2.0])  # pairs 0, 3, 6 unselected
+    q0, k0, v = torch.randn(b, heads, n, d), torch.randn(b, kv, n, d), torch.randn(b, kv, n, d)
+    pos = torch.arange(n)
+    plain = pos.double()[:, None].expand(n, d // 2)
+    q, k = _rope(q0.double(), plain, inv).float(), _rope(k0.double(), plain, inv).float()
+    module, scale = _causal_module(inv, scales, window, heads // kv), d**-0.5
+    want = _dense_dpe(q0, k0, v, inv, scales, window, scale, pos, pos)
+    out, weights = dpe_attention(module, q, k, v, None, scale)
+    assert weights is None and out.shape == (b, n, heads, d) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=0)
+    monkeypatch.setattr(dpe, "QUERY_BLOCK", 7)  # near chunks of 7 rows, the last one short
+    torch.testing.assert_close(
+        dpe_attention(module, q, k, v, None, scale)[0].double(), want, atol=1e-5, rtol=0
+    )
+    for last in (1, 3, 40, 120):  # decoding: the last rows against the whole cache
+        got, _ = dpe_attention(module, q[:, :, -last:], k, v, None, scale, position_ids=pos[None, -last:])
+        torch.testing.assert_close(got.double(), want[:, -last:], atol=1e-5, rtol=0)
+    monkeypatch.setattr(dpe, "_FUSED_OK", {})
+    monkeypatch.setattr(dpe, "_attend_fused", lambda *args: None)  # no fused kernel: matmul chunks
+    with pytest.warns(UserWarning, match="matmul"):
+        got, _ = dpe_attention(module, q, k, v, None, scale)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+
+
+def test_merge_by_log_sum_exp_is_the_softmax_over_both_key_sets():
+    torch.manual_seed(6)
+    scores, v = torch.randn(3, 10, dtype=torch.float64) * 30, torch.randn(10, 4, dtype=torch.float64)
+    scores[2, :6] = float("-inf")  # row 2: nothing in the first set
+    parts = [(torch.softmax(s, -1).nan_to_num(0.0) @ v[keys], torch.logsumexp(s, -1))
+             for keys in (slice(0, 6), slice(6, 10)) for s in [scores[:, keys]]]  # fmt: skip
+    out, lse = dpe._merge(*parts[0], *parts[1])
+    torch.testing.assert_close(out, torch.softmax(scores, -1) @ v, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lse, torch.logsumexp(scores, -1), atol=1e-12, rtol=0)
+
+
+def test_gradients_flow_through_the_matmul_passes():
+    """Under autograd the passes run as matmuls (the fused kernels' LSE has no backward); the
+    gradient equals the dense reference's."""
+    torch.manual_seed(7)
+    n, d, window = 40, 8, 6
+    inv = 1.0 / (10_000.0 ** (torch.arange(0, d, 2).double() / d))
+    scales = torch.tensor([1.0, 2.0, 4.0, 3.0])
+    q0, k0, v = (
+        torch.randn(1, 2, n, d, dtype=torch.float64),
+        *(torch.randn(1, 1, n, d, dtype=torch.float64) for _ in range(2)),
+    )
+    pos = torch.arange(n)
+    plain = pos.double()[:, None].expand(n, d // 2)
+    q0.requires_grad_()
+    out, _ = dpe_attention(
+        _causal_module(inv, scales, window, 2), _rope(q0, plain, inv), _rope(k0, plain, inv), v, None, 0.5
+    )
+    (grad,) = torch.autograd.grad(out.square().sum(), q0)
+    (want,) = torch.autograd.grad(
+        _dense_dpe(q0, k0, v, inv, scales, window, 0.5, pos, pos).square().sum(), q0
+    )
+    torch.testing.assert_close(grad, want, atol=1e-6, rtol=0)  # the extra rotation is float32
+
+
+def test_16k_without_a_mask_matches_the_dense_reference():
+    """At 16k tokens the model gets no mask tensor (causality inside the kernel: one causal far
+    pass, near chunks); rows at the start, around W, in the middle and at the end equal the dense
+    reference for those rows (2 query heads on 1 KV head, float32)."""
     torch.manual_seed(4)
     n, d, window = 16384, 8, 1024
     inv = 1.0 / (10_000.0 ** (torch.arange(0, d, 2).double() / d))
     scales = torch.tensor([1.0, 4.0, 8.0, 16.0])
-    q0, k0, v = (torch.randn(1, 1, n, d) for _ in range(3))
-    module = types.SimpleNamespace(
-        _longctx_dpe=DPEPlan(inv, scales, window), num_key_value_groups=1, training=False, is_causal=True
-    )
-    pos = torch.arange(n).double()
-    plain = pos[:, None].expand(n, d // 2)
+    q0, k0, v = torch.randn(1, 2, n, d), torch.randn(1, 1, n, d), torch.randn(1, 1, n, d)
+    pos = torch.arange(n)
+    plain = pos.double()[:, None].expand(n, d // 2)
     q, k = _rope(q0.double(), plain, inv).float(), _rope(k0.double(), plain, inv).float()
-    out, _ = dpe.dpe_attention(module, q, k, v, None, d**-0.5)  # [1, n, 1, d]
-    qf = torch.stack([pos // s + window - window // s for s in scales], -1)
-    kf = _rope(k0.double(), torch.stack([pos // s for s in scales], -1), inv)
-    for rows in (slice(0, 256), slice(8000, 8256), slice(n - 256, n)):
-        r = torch.arange(n)[rows]
-        near = q.double()[:, :, rows] @ k.double().transpose(2, 3)
-        far = _rope(q0.double()[:, :, rows], qf[rows], inv) @ kf.transpose(2, 3)
-        scores = torch.where((r[:, None] - torch.arange(n)[None]) < window, near, far) * d**-0.5
-        scores = scores.masked_fill(torch.arange(n)[None] > r[:, None], float("-inf"))
-        want = torch.softmax(scores, -1) @ v.double()
-        torch.testing.assert_close(out[0, rows, 0].double(), want[0, 0], atol=2e-5, rtol=0)
+    out, _ = dpe_attention(_causal_module(inv, scales, window, 2), q, k, v, None, d**-0.5)  # [1, n, 2, d]
+    for rows in (slice(0, 128), slice(window - 64, window + 64), slice(8000, 8128), slice(n - 128, n)):
+        want = _dense_dpe(q0, k0, v, inv, scales, window, d**-0.5, pos, pos, rows=rows)
+        torch.testing.assert_close(out[:, rows].double(), want, atol=1e-5, rtol=0)
 
 
 def test_the_model_builds_no_mask_for_dpe_and_refuses_padding(monkeypatch):
