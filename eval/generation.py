@@ -44,6 +44,10 @@ def greedy_generate(model, prompt: Sequence[int], *, max_new_tokens: int, pad_to
             do_sample=False,
             num_beams=1,
             pad_token_id=pad_token_id,
+            # one process generates (the eval stage runs on the main process while the others
+            # wait at a barrier): transformers turns synced_gpus on under ZeRO-3 with more than
+            # one process, and its per-token all_reduce then waits forever for the waiting ranks
+            synced_gpus=False,
         )  # [1, prompt + new]
     return out[0, ids.shape[1] :].tolist()
 

@@ -38,11 +38,18 @@ def outside_zero_init(accelerator: Accelerator):
     if plugin is None or not is_deepspeed_zero3_enabled():
         yield
         return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    # put back the SAME config object, not one rebuilt from the plugin: after a training stage
+    # the plugin's config holds that stage's concrete batch sizes, and zero.Init of the next
+    # training model then checks train_batch_size against the WORLD size (no SP groups yet):
+    # measured on the 2048k recipe's second fine-tune under ZeRO-3 + Ulysses, "4 != 1 * 4 * 2"
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
     unset_hf_deepspeed_config()
     try:
         yield
     finally:
-        plugin.set_deepspeed_weakref()
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def plain_from_gguf(model: torch.nn.Module) -> torch.nn.Module:

@@ -21,6 +21,7 @@ twice — measured: ``AssertionError`` in ``stage3.__reduce_and_partition_ipg_gr
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -34,7 +35,10 @@ LOGITS_PER_SHARD = 1 << 28
 
 
 def shards_for(tokens: int, vocab: int) -> int:
-    return max(1, math.ceil(tokens * vocab / LOGITS_PER_SHARD))
+    """Slices for ``tokens × vocab`` logits; ``LONGCTX_LOGITS_PER_SHARD`` lowers the budget so a
+    small model takes several slices too (``train.rehearse``)."""
+    budget = int(os.environ.get("LONGCTX_LOGITS_PER_SHARD", LOGITS_PER_SHARD))
+    return max(1, math.ceil(tokens * vocab / budget))
 
 
 def vocab_of(head: torch.nn.Module) -> int:

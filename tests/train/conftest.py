@@ -17,11 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run_cli(recipe: Path, *extra: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    recipe: Path, *extra: str, check: bool = True, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``python train/run.py recipe extra...`` as a user runs it; asserts success unless ``check=False``."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "train" / "run.py"), str(recipe), *extra],
-        env=ENV, capture_output=True, text=True, timeout=timeout,
+        env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
