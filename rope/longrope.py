@@ -90,4 +90,8 @@ def hf_parameters(spec: RopeSpec) -> tuple[dict, float, int]:
         params["factor"] = spec.method_params.factor
     if spec.attention_factor is not None:
         params["attention_factor"] = spec.attention_factor
+    # vLLM, TGI and MLX read these two and ignore attention_factor (without them they compute
+    # sqrt(1 + ln(max_pos / L) / ln L) themselves); transformers reads attention_factor and logs
+    # them as unrecognised keys. Both sides then scale cos/sin exactly as this spec does.
+    params["short_mscale"], params["long_mscale"] = short_scale, long_scale
     return params, spec.base, spec.target_length
