@@ -48,8 +48,20 @@ from tqdm.auto import tqdm
 from longctx.eval.perplexity import perplexity_at_lengths
 from longctx.eval.tasks import EvalSettings, read_documents
 
-CHOICES = ("switching", "forced_long", "reprefill")
-"""The factor-set policies compared, in report order."""
+CHOICES = ("switching", "forced_long", "reprefill", "long_neighbour", "stitched")
+"""The factor-set policies compared, in report order: ``long_neighbour`` — the prompt prefilled
+alone (short set), every decoding step in a batch with a request past L (long set);
+``stitched`` — per token position, short below L and long from L on."""
+ENGINE_RULES = {
+    "transformers (generic)": "switching",  # per forward: max(position_ids) + 1 > L
+    "transformers (Phi-3)": "reprefill",  # drops the cache and re-prefills once at L + 1
+    "vLLM": "forced_long",  # per server: max_model_len > L, fixed at start
+    "SGLang (a long request in the batch)": "long_neighbour",  # per batch step: any position > L
+    "TGI": "stitched",  # per token position: < L short, >= L long
+    "llama.cpp (context > L)": "forced_long",  # per allocated context
+}
+"""How each engine chooses a ``longrope`` factor set (read from their sources), as the choice
+that emulates it."""
 PROMPT_OFFSET = 8
 """Prompts are ``L - PROMPT_OFFSET`` tokens long."""
 DEFAULT_NEW_TOKENS = 32
@@ -64,6 +76,7 @@ RESULT_KEYS = (
     "rope_type",
     "max_abs_logit",
     "choices",
+    "engines",
 )
 """Top-level keys of :func:`serving_parity`'s result."""
 CHOICE_KEYS = (
@@ -165,14 +178,21 @@ def reference_greedy(model, prompt: Sequence[int], new_tokens: int) -> list[int]
 
 
 def cached_greedy(
-    model, prompt: Sequence[int], new_tokens: int, *, reprefill_after: int | None = None
+    model,
+    prompt: Sequence[int],
+    new_tokens: int,
+    *,
+    reprefill_after: int | None = None,
+    decode_set: str | None = None,
 ) -> tuple[list[int], list[torch.Tensor]]:
     """Greedy decoding with a KV cache, as ``generate`` does it: (new tokens, float32 logits per step).
 
     ``logits[i]`` predicts new token i from the prefix of ``len(prompt) + i`` tokens. Never stops
     at EOS (every run has the same length). ``reprefill_after=L``: the first time the prefix
     exceeds L tokens while the cache was built from at most L, the cache is dropped and rebuilt
-    by one forward of the whole prefix (the set the model picks for that length).
+    by one forward of the whole prefix (the set the model picks for that length). ``decode_set``:
+    the prompt is prefilled under the current choice, every decoding step under this set (a
+    batch whose other request forces it).
     """
     seq = list(prompt)
     logits: list[torch.Tensor] = []
@@ -188,7 +208,8 @@ def cached_greedy(
                 out = _forward(model, seq, use_cache=True)  # fresh cache for the whole prefix
                 cache_from_short = False
             else:
-                out = _forward(model, seq[-1:], use_cache=True, **_cache_kwargs(model, out))
+                with _policy(model, decode_set) if decode_set else contextlib.nullcontext():
+                    out = _forward(model, seq[-1:], use_cache=True, **_cache_kwargs(model, out))
     return seq[len(prompt) :], logits
 
 
@@ -340,6 +361,22 @@ def serving_parity(model, tokenizer, settings: EvalSettings) -> dict:
             runs["forced_long"].append(
                 {"tokens": tokens, "reference": reference, "gap": gap, "self_gap": self_gap}
             )
+            with _policy(model, None):  # prefilled alone; each decode step batched with a long request
+                tokens, logits = cached_greedy(model, prompt, new_tokens, decode_set="long")
+                gap = _gaps(model, prompt, tokens, logits)
+            with _policy(model, "long"):  # what the batch step would compute from scratch
+                self_gap = _gaps(model, prompt, tokens, logits)
+            runs["long_neighbour"].append(
+                {"tokens": tokens, "reference": reference, "gap": gap, "self_gap": self_gap}
+            )
+            with _policy(model, "stitched"):
+                tokens, logits = cached_greedy(model, prompt, new_tokens)
+                self_gap = _gaps(model, prompt, tokens, logits)
+            with _policy(model, None):
+                gap = _gaps(model, prompt, tokens, logits)
+            runs["stitched"].append(
+                {"tokens": tokens, "reference": reference, "gap": gap, "self_gap": self_gap}
+            )
 
     choices = {}
     for choice in CHOICES:
@@ -368,4 +405,5 @@ def serving_parity(model, tokenizer, settings: EvalSettings) -> dict:
         "rope_type": _rope_type(model),
         "max_abs_logit": scale,
         "choices": choices,
+        "engines": dict(ENGINE_RULES),
     }

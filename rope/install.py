@@ -28,7 +28,11 @@ from longctx.rope.spec import RopeSpec
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 ANGLE_FP64_FROM = 2**20
 """Longest context whose RoPE angles are computed in fp32; longer ones in float64."""
-FACTOR_SET_ALIASES = {"short": "short", "original": "short", "long": "long", "rescaled": "long", None: None}
+FACTOR_SET_ALIASES = {
+    "short": "short", "original": "short", "long": "long", "rescaled": "long", "stitched": "stitched", None: None,
+}  # fmt: skip
+"""``stitched``: per token position, the short set below L and the long set from L on — TGI's
+rule (one cos/sin table stitched from both); used to measure how an engine serves an export."""
 
 
 class ScaledRotaryEmbedding(nn.Module):
@@ -48,6 +52,8 @@ class ScaledRotaryEmbedding(nn.Module):
 
     def use_long(self, position_ids: torch.Tensor) -> bool | torch.Tensor:
         """True/False when forced; otherwise a 0-d bool tensor (no host sync, like transformers)."""
+        if self.factor_set == "stitched":
+            return (position_ids >= self.spec.original_length)[..., None]  # [batch, seq, 1]
         if self.factor_set is not None:
             return self.factor_set == "long"
         return (torch.max(position_ids) + 1) > self.spec.original_length

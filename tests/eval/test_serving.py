@@ -226,3 +226,23 @@ def test_too_few_new_tokens_to_pass_L_is_an_error(installed, tokenizer, settings
     short = EvalSettings(**{**vars(settings), "max_new_tokens": 9})  # last prefix is exactly L
     with pytest.raises(ValueError, match="longer than L"):
         serving_parity(installed, tokenizer, short)
+
+
+def test_every_engine_rule_is_measured_and_reported(results):
+    """Six engines by their factor-set rule: TGI's stitched table keeps a consistent cache that
+    equals the reference up to L and mixes rotations past it; SGLang's batch rule flips a short
+    request the moment a long one shares its batch (a gap even below L, and an inconsistent cache)."""
+    from longctx.eval.report import _serving_table
+    from longctx.eval.serving import ENGINE_RULES
+
+    r = results["installed"]
+    assert r["engines"] == ENGINE_RULES and len(ENGINE_RULES) == 6
+    assert set(ENGINE_RULES.values()) <= set(CHOICES)
+    stitched, neighbour = r["choices"]["stitched"], r["choices"]["long_neighbour"]
+    assert stitched["available"] and stitched["self_gap"] < EXACT
+    assert stitched["gap_at_or_below_L"] < EXACT and stitched["gap_above_L"] > EXACT
+    assert neighbour["gap_at_or_below_L"] > SWITCH / 10 and neighbour["self_gap"] > SWITCH / 10
+    assert results["stock"]["choices"]["stitched"]["available"] is False  # stock rotary: cannot force
+    table = _serving_table({"runs": [{"name": "m", "tasks": {"serving": r}}]})
+    assert sum(row.startswith("| m |") for row in table) == 6
+    assert any("| TGI | per token position" in row for row in table)
