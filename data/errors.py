@@ -9,8 +9,10 @@ working.
 
 from __future__ import annotations
 
+from longctx.errors import LongctxError
 
-class DataError(ValueError):
+
+class DataError(LongctxError, ValueError):
     """A data source, tokenisation, packing or sampling input that cannot be used as given."""
 
     def __init__(self, message: str) -> None:

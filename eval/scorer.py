@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 
 from longctx.data.samples import IGNORE_INDEX, SyntheticSample
+from longctx.errors import LongctxError
 from longctx.eval.perplexity import iter_nll
 from longctx.rope import RopeSpec, apply_rope, factor_set, installed_spec
 from longctx.rope.install import _check_compatible, _rotary_modules
@@ -36,7 +37,7 @@ OBJECTIVES = ("ppl", "needle_ppl")
 FACTOR_SETS = ("long", "short")
 
 
-class ScorerError(ValueError):
+class ScorerError(LongctxError, ValueError):
     """Bad scorer input, raised before any model work."""
 
 

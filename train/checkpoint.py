@@ -22,12 +22,14 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from longctx.errors import LongctxError
+
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LongctxError, RuntimeError):
     """A checkpoint that must not be restored into this stage (written by another one)."""
 
 

@@ -27,11 +27,13 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from longctx.errors import LongctxError
+
 LOCK_NAME = ".lock"
 TORN_AFTER_S = 60.0
 
 
-class RunLockError(RuntimeError):
+class RunLockError(LongctxError, RuntimeError):
     """Another launch holds the output_dir lock; ``str`` is one line naming the holder."""
 
 

@@ -29,6 +29,7 @@ from transformers import get_scheduler
 
 from longctx.data.packing import attention_mask_4d, flash_varlen_kwargs
 from longctx.data.samples import IGNORE_INDEX
+from longctx.errors import LongctxError
 from longctx.rope import set_factor_set
 from longctx.train import sequence_parallel as sp
 from longctx.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
@@ -36,7 +37,7 @@ from longctx.train.recipe import TrainStage
 from longctx.train.tiled_loss import causal_lm_loss_sum, hidden_loss_sum, through_wrapper
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LongctxError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 

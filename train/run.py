@@ -18,26 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from longctx.errors import LongctxError
 from longctx.rope.files import write_text_atomic
 from longctx.train.load import RecipeError, load_recipe
 from longctx.train.recipe import Recipe, source_stage
 
 MARKER = "COMPLETE"
-
-
-def _stage_errors() -> tuple[type[Exception], ...]:
-    """The errors our own layers raise with a message meant for the user (bad data, settings,
-    specs, a non-finite loss): a stage that raises one stops the run with that one line."""
-    from longctx.data.errors import DataError
-    from longctx.eval.scorer import ScorerError
-    from longctx.rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError
-    from longctx.train.checkpoint import CheckpointError
-    from longctx.train.loop import TrainingError
-
-    return (
-        DataError, ScorerError, RopeSpecError, RopeExportError, UnsupportedArchitectureError, TrainingError,
-        CheckpointError,
-    )  # fmt: skip
 
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
@@ -165,7 +151,9 @@ def _run_stages(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> dict:
     accelerator = ctx.accelerator
     try:
         _preflight(recipe, recipe_file, ctx, stages)
-    except _stage_errors() as err:  # the data itself failed to load or tokenise
+    except RecipeError:
+        raise
+    except LongctxError as err:  # the data itself failed to load or tokenise
         raise RecipeError([f"{recipe_file}: data: {err}"]) from err
     results = {}
     for stage in recipe.stages:
@@ -184,7 +172,9 @@ def _run_stages(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> dict:
         started = time.perf_counter()
         try:
             result = module.run(stage, ctx)
-        except _stage_errors() as err:
+        except RecipeError:
+            raise
+        except LongctxError as err:  # every user error of our layers: one line, the run stops
             raise RecipeError([f"{recipe_file}: stages.{stage.name} ({stage.kind}): {err}"]) from err
         finally:
             # nothing a stage prepared outlives it, also when it failed: its locals are gone here,
