@@ -255,8 +255,8 @@ def qa_record(rec: dict, where: str = "qa record") -> dict | None:
         task = "qa_2"
         docs = [d if isinstance(d, str) else f"{d[0]}\n{''.join(d[1])}" for d in ctx]
     else:
-        raise DataError(f"{where}: 'context' is {type(ctx).__name__}; expected a string (SQuAD) or a list of "
-                        "[title, sentences] paragraphs (HotpotQA)")  # fmt: skip
+        raise DataError(f"{where}: 'context' is {type(ctx).__name__}; expected a string (SQuAD) or HotpotQA "
+                        "paragraphs ([[title, sentences], ...] or {title: [...], sentences: [[...], ...]})")  # fmt: skip
     task = rec.get("task", task)
     if task not in RULER_QA:
         raise DataError(f"{where}: task {task!r}; expected one of {list(RULER_QA)}")
@@ -267,11 +267,14 @@ def qa_record(rec: dict, where: str = "qa record") -> dict | None:
             "title": rec.get("title")}  # fmt: skip
 
 
-def qa_tasks(records: Sequence[dict], task: str | None = None) -> dict[str, list[int]]:
-    """Indices of the usable records per QA task (``task`` puts them all under one name)."""
+def qa_tasks(
+    records: Sequence[dict], task: str | None = None, *, where: str = "qa record"
+) -> dict[str, list[int]]:
+    """Indices of the usable records per QA task (``task`` puts them all under one name);
+    errors name a record as ``f"{where} {index}"``."""
     groups: dict[str, list[int]] = {}
     for i, rec in enumerate(records):
-        r = qa_record(rec, f"qa record {i}")
+        r = qa_record(rec, f"{where} {i}")
         if r is not None:
             groups.setdefault(task or r["task"], []).append(i)
     return {t: groups[t] for t in sorted(groups)}

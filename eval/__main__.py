@@ -8,6 +8,17 @@ run of the checkpoint as saved when no spec is given (``--include-base`` adds it
 specs). Writes ``results.json`` (atomic, after every task so a long run keeps what it has),
 ``report.md`` and PNG plots (``ppl.png`` one line per run, ``passkey.png``, ``ruler.png``,
 ``niah_<run>.png``) into ``--out``.
+
+``--qa-data`` adds RULER's qa_1 (SQuAD layout) / qa_2 (HotpotQA layout) to ``--tasks ruler``: a
+QA .jsonl, a ``datasets`` ``save_to_disk`` folder (``PATH[:SPLIT]``) or a Hugging Face dataset id
+(``NAME[:SPLIT]``, ``NAME:CONFIG:SPLIT``; read from the local cache under
+``HF_DATASETS_OFFLINE=1``), e.g. ``--qa-data hotpotqa/hotpot_qa:distractor:validation``; without a
+split, ``validation``, then ``test``, then ``train`` (``eval.tasks.read_qa_records``).
+
+A user error — a bad flag, a ``--model`` that is not a local checkpoint directory, a spec file
+that is not valid JSON or not a valid RopeSpec, a length too short for a task's prompt, QA data
+that cannot be read — is one line on stderr and exit status 2, before any model loads where it
+can be checked then.
 """
 
 from __future__ import annotations
@@ -15,10 +26,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
+from longctx.data.errors import DataError
+from longctx.errors import LongctxError
 from longctx.eval.driver import Run, evaluate
-from longctx.eval.models import EvalTarget, load_model_for_eval, load_spec
-from longctx.eval.tasks import DEFAULT_DEPTHS, EVAL_TASKS, EvalSettings
+from longctx.eval.models import DTYPES, EvalTarget, load_model_for_eval, load_spec
+from longctx.eval.tasks import DEFAULT_DEPTHS, EVAL_TASKS, EvalSettings, check_task_inputs
+from longctx.rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError
+
+
+class EvalUsageError(LongctxError, ValueError):
+    """An argument of ``longctx eval`` that cannot be used (one line: the flag, the value, what was expected)."""
+
+
+USER_ERRORS = (LongctxError, DataError, RopeSpecError, RopeExportError, UnsupportedArchitectureError)
+"""What :func:`main` reports as one line and exit status 2: every user error of the product
+(``longctx.errors.LongctxError``; the others are named too, as they derive from it); anything
+else is a bug and keeps its traceback."""
+
+CLI_NAMES = {"lengths": "--lengths", "qa_data": "--qa-data", "ppl_data": "--ppl-data",
+             "ruler_tasks": "--ruler-tasks"}  # fmt: skip
+"""Setting → flag, for the errors of ``eval.tasks.check_task_inputs``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line on stderr and exit 2 (argparse would print the usage block first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _ints(text: str) -> list[int]:
@@ -34,7 +69,7 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="longctx eval", description=__doc__.splitlines()[0])
+    p = _Parser(prog="longctx eval", description=__doc__.splitlines()[0])
     p.add_argument(
         "--model", required=True, help="local checkpoint directory (config.json, weights, tokenizer)"
     )
@@ -57,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl-stride", type=int, default=256, help="sliding-window stride")
     p.add_argument("--chunk-size", type=int, default=None, help="LM-head positions per chunk")
     p.add_argument("--ruler-tasks", type=_names, default=None, help="comma list (default: all)")
-    p.add_argument("--qa-data", default=None, help="local QA jsonl (question, answers, context)")
+    p.add_argument(
+        "--qa-data",
+        default=None,
+        help="RULER qa_1/qa_2 data: a QA .jsonl, a save_to_disk folder (PATH[:SPLIT]) or a dataset id "
+        "(NAME[:SPLIT] or NAME:CONFIG:SPLIT); SQuAD or HotpotQA layout; default split validation, test, train",
+    )
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
     p.add_argument("--short-tasks", type=_names, default=[], help="lm-eval task names or task YAML paths")
     p.add_argument("--num-fewshot", type=int, default=None)
@@ -86,6 +126,55 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
     missing = [s for s in args.spec if not os.path.isfile(s)]
     if missing:
         p.error(f"--spec: no such file {missing[0]}")
+    if args.samples < 1:
+        p.error(f"--samples: {args.samples}; expected an integer >= 1")
+    if args.dtype not in DTYPES:
+        p.error(f"--dtype: {args.dtype!r}; expected one of {list(DTYPES)}")
+    for task, flag, given in (
+        ("short", "--short-tasks", args.short_tasks),
+        ("long", "--long-tasks", args.long_tasks),
+    ):
+        if task in args.tasks and not given:
+            p.error(
+                f"{flag}: task {task!r} needs lm-eval task names or task YAML paths; expected {flag} NAME[,PATH.yaml]"
+            )
+
+
+def check_model_dir(model: str) -> Path:
+    """``--model`` must be a local checkpoint directory with a config.json (nothing is downloaded)."""
+    path = Path(model)
+    if not path.is_dir():
+        raise EvalUsageError(
+            f"--model {model!r}: no such directory; expected a local checkpoint directory with config.json"
+        )
+    if not (path / "config.json").is_file():
+        raise EvalUsageError(
+            f"--model {model!r}: no config.json in it; expected a saved checkpoint directory"
+        )
+    return path
+
+
+def preflight(args, settings: EvalSettings | None = None):
+    """Every check that needs no model, in order: ``--model`` is a checkpoint directory, its
+    tokenizer loads, each ``--spec`` is a valid RopeSpec, and the tasks' inputs build at the
+    shortest length (``eval.tasks.check_task_inputs``). Returns the tokenizer."""
+    from transformers import AutoTokenizer
+
+    check_model_dir(args.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise EvalUsageError(
+            f"--model {args.model!r}: cannot load its tokenizer ({first}); expected tokenizer files in it"
+        ) from None
+    for spec in args.spec:
+        try:
+            load_spec(spec)
+        except RopeSpecError as err:
+            raise RopeSpecError(f"--spec {err}") from None
+    check_task_inputs(tokenizer, args.tasks, settings or settings_from_args(args), names=CLI_NAMES)
+    return tokenizer
 
 
 def targets_from_args(args) -> list[EvalTarget]:
@@ -118,9 +207,9 @@ def settings_from_args(args) -> EvalSettings:
     )
 
 
-def run(args) -> dict:
+def run(args, tokenizer=None) -> dict:
     """Evaluate every target on every task (:func:`eval.driver.evaluate`); returns the results
-    (also written to ``--out``)."""
+    (also written to ``--out``). ``tokenizer``: the checkpoint's (loaded here when None)."""
     from transformers import AutoTokenizer
 
     settings = settings_from_args(args)
@@ -140,7 +229,8 @@ def run(args) -> dict:
         )
         for target in targets_from_args(args)
     ]
-    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     return evaluate(runs, tokenizer, args.tasks, settings, args.out)
 
 
@@ -148,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    run(args)
+    try:
+        run(args, preflight(args))
+    except USER_ERRORS as err:
+        message = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"{parser.prog}: error: {message or type(err).__name__}", file=sys.stderr)
+        return 2
     print(f"[eval] wrote {os.path.join(args.out, 'report.md')}", file=sys.stderr)
     return 0
 

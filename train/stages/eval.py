@@ -98,15 +98,20 @@ def check(recipe, index: int, where: str) -> list[str]:
 
 def preflight(stage, ctx) -> list[str]:
     """Every perplexity length against its data, before any model loads: a length no
-    ``ppl_data`` document reaches would report ``ppl None`` (``docs: 0``) after the whole run."""
-    from pathlib import Path
-
-    from longctx.eval.tasks import read_documents
+    ``ppl_data`` document reaches would report ``ppl None`` (``docs: 0``) after the whole run.
+    ``qa_data`` (a QA .jsonl, a ``save_to_disk`` folder or a dataset id) is read and its layout
+    checked here too (``eval.tasks.read_qa_records``): a missing path / id or a misshapen dataset
+    is a line here, not an error once the models have loaded and the ruler task starts."""
+    from longctx.data.errors import DataError
+    from longctx.eval.tasks import read_documents, read_qa_records
 
     where = f"stages.{stage.name}"
     lines = []
-    if stage.qa_data and not Path(stage.qa_data).is_file():
-        lines.append(f"{where}.qa_data: {stage.qa_data!r} is not a file; expected a QA .jsonl")
+    if stage.qa_data:
+        try:
+            read_qa_records(stage.qa_data, f"{where}.qa_data")
+        except DataError as err:
+            lines.append(str(err))
     if "ppl" not in stage.tasks:
         return lines
     try:
