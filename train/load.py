@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from longctx.errors import LongctxError
 from longctx.train.recipe import RECIPE_SOURCE, Recipe, produces_model, produces_spec, resolve_path
 from longctx.train.stages import STAGES
 
@@ -40,7 +41,7 @@ KEY_ALIASES = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(LongctxError, ValueError):
     """Every problem of a recipe, one line each."""
 
     def __init__(self, lines: list[str]) -> None:
