@@ -60,7 +60,8 @@ class Settings(Strict):
     ruler_tasks: list[str] | None = None
     """RULER tasks (default: all of ``data.synthetic.RULER_TASKS``)."""
     qa_data: str | None = None
-    """Local QA jsonl (question, answers, context) for RULER's QA task."""
+    """RULER QA data: a QA .jsonl (question, answers, context), a save_to_disk folder (PATH[:SPLIT]) or
+    a HF dataset id (NAME[:CONFIG][:SPLIT]) in SQuAD or HotpotQA layout (``eval.tasks.read_qa_records``)."""
     max_new_tokens: int | None = Field(None, gt=0)
     short_tasks: list[str] = []
     """lm-eval task names or task YAML paths (task ``short``)."""
