@@ -58,5 +58,8 @@ def test_a_user_error_inside_a_stage_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(search, "run", boom)
     monkeypatch.setattr(search, "preflight", lambda stage, ctx: [])
     assert main([str(recipe)]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"{recipe}: stages.s (search): settings.population: 0; expected ≥ 1"
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"{recipe}: stages.s (search): settings.population: 0; expected ≥ 1"
+    )
     assert issubclass(ScorerError, ValueError)  # the builtin base is kept for existing callers

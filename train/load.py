@@ -296,6 +296,23 @@ def _stage_errors(recipe: Recipe, source: str) -> list[str]:
     return lines
 
 
+def _config_length(recipe: Recipe, recipe_file: Path) -> int | None:
+    """L from ``model.path``/config.json when it is a local checkpoint (no weights read), so a
+    check such as "a rescaled window must be longer than L" runs before the first stage."""
+    import json
+
+    from longctx.rope.errors import RopeSpecError
+    from longctx.rope.hf_config import from_hf_config
+
+    if recipe.model.path is None or recipe.model.gguf_file is not None:
+        return None
+    config = resolve_path(recipe_file, recipe.model.path) / "config.json"
+    try:
+        return from_hf_config(json.loads(config.read_text())).original_length
+    except (OSError, ValueError, KeyError, RopeSpecError):
+        return None  # absent or unreadable here: the run reads it (and says what is wrong)
+
+
 def load_recipe(
     path: str | Path,
     overrides: list[str] = (),
@@ -327,6 +344,7 @@ def load_recipe(
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise RecipeError(schema_errors(err, source)) from None
+    recipe._config_length = _config_length(recipe, path)
     lines = _reference_errors(recipe, source) + _stage_errors(recipe, source)
     lines += _sequence_parallel_errors(recipe, source)
     if check_files:

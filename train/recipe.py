@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Union
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from longctx.train.schema import (
     DataCfg,
@@ -50,6 +50,10 @@ Stage = _stage_union()
 
 
 class Recipe(Strict):
+    _config_length: int | None = PrivateAttr(default=None)
+    """L read from the local checkpoint's config.json at validation (``train.load``), so every
+    L-dependent check runs before the first stage; not part of the resolved recipe."""
+
     name: str
     output_dir: str
     seed: int = 0

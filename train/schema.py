@@ -156,11 +156,14 @@ class FactorSearchSettings(Strict):
 
 
 def declared_length(recipe) -> int | None:
-    """L when the recipe states it (``model.init`` or ``model.original_length``); else None
-    (known only from the checkpoint's config, read when the run starts)."""
+    """L when the recipe states it (``model.init`` or ``model.original_length``), else the local
+    checkpoint's config.json read at validation; None when neither is at hand (a GGUF file, or
+    a checkpoint not yet downloaded: then known when the run starts)."""
     if recipe.model.init is not None:
         return recipe.model.init.original_length
-    return recipe.model.original_length
+    if recipe.model.original_length is not None:
+        return recipe.model.original_length
+    return getattr(recipe, "_config_length", None)
 
 
 def longest_length(recipe) -> int:

@@ -117,3 +117,28 @@ def test_dry_run_prints_resolved_recipe_and_plan(good, capsys):
 def test_override_of_unknown_stage_is_an_error(good, capsys):
     assert main([str(good), "--dry-run", "stages.finetune.lr=1e-5"]) == 2
     assert "no stage named 'finetune' (stages: base, export)" in capsys.readouterr().err
+
+
+def test_checks_that_need_L_read_it_from_the_checkpoint_config_before_any_stage(tmp_path, tiny_corpus):
+    """L = 8192 is in the checkpoint's config.json: a rescaled window of 4096 is refused at
+    validation, not after the search stage before it has run (before: only when its stage began)."""
+    from transformers import LlamaConfig
+
+    model = tmp_path / "model"
+    LlamaConfig(hidden_size=64, num_attention_heads=2, max_position_embeddings=8192).save_pretrained(model)
+    stages = [
+        {"name": "s", "kind": "search", "algorithm": "dcis", "target_length": 16384, "objective": "ppl"},
+        {"name": "ft", "kind": "finetune", "steps": 2, "lr": 1e-4,
+         "windows": [{"length": 4096, "share": 1.0, "rope": "rescaled"}]},
+        {"name": "r", "kind": "readjust", "target_length": 16384},
+    ]  # fmt: skip
+    path = write_recipe(tmp_path / "r.yaml", tiny_corpus, tmp_path / "out", stages=stages)
+    raw = yaml.safe_load(path.read_text())
+    raw["model"], raw["tokenizer"] = {"path": str(model)}, {"path": str(model)}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, check_files=False)
+    assert err.value.lines == [
+        f"{path}: stages[1].windows[0].length: a rescaled window must be longer than L=8192",
+        f"{path}: stages[2].target_length: readjustment targets a short length <= L=8192; got 16384",
+    ]
