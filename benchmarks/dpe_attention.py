@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from longctx.rope.dpe import DPEPlan, _rotate, dpe_attention, query_block, remapped_positions  # noqa: E402
+from longctx.rope.dpe import DPEPlan, _rotate, dpe_attention, query_block, remap_angles  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, THETA = 9, 3, 64, 1e5
 
@@ -43,12 +43,7 @@ def _block_loop_attention(module, query, key, value, attention_mask, scaling, dr
     plan: DPEPlan = module._longctx_dpe
     b, _, q_len, _ = query.shape
     k_len = key.shape[-2]
-    q_pos = kwargs.get("position_ids")
-    q_pos = torch.arange(q_len, device=query.device)[None].expand(b, -1) if q_pos is None else q_pos
-    k_pos = q_pos if k_len == q_len else torch.arange(k_len, device=query.device)[None].expand(b, -1)
-    inv = plan.inv_freq.double().to(query.device)
-    dq = (remapped_positions(q_pos, plan.scales, plan.window, True) - q_pos[..., None]) * inv
-    dk = (remapped_positions(k_pos, plan.scales, plan.window, False) - k_pos[..., None]) * inv
+    q_pos, k_pos, dq, dk = remap_angles(plan, query, key, kwargs.get("position_ids"))
     key_states, value_states = (
         repeat_kv(key, module.num_key_value_groups),
         repeat_kv(value, module.num_key_value_groups),

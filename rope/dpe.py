@@ -378,6 +378,20 @@ def _general(query, key, value, far_q, far_k, scaling, window, q_pos, k_pos, cau
         out[:, start:end] = _merge(*near, *far)[0].transpose(1, 2)
 
 
+def remap_angles(plan: DPEPlan, query: torch.Tensor, key: torch.Tensor, q_pos: torch.Tensor | None):
+    """(query positions [b, q], key positions [b, k], extra query / key angles [b, n, d/2], float64): what
+    rotating a query / key from its original position to its DPE position adds. Default positions
+    are 0… for the queries and the keys (the keys' own when there are more of them: decoding)."""
+    b, _, q_len, _ = query.shape
+    k_len = key.shape[-2]
+    q_pos = torch.arange(q_len, device=query.device)[None].expand(b, -1) if q_pos is None else q_pos
+    k_pos = q_pos if k_len == q_len else torch.arange(k_len, device=query.device)[None].expand(b, -1)
+    inv = plan.inv_freq.double().to(query.device)
+    dq = (remapped_positions(q_pos, plan.scales, plan.window, True) - q_pos[..., None]) * inv
+    dk = (remapped_positions(k_pos, plan.scales, plan.window, False) - k_pos[..., None]) * inv
+    return q_pos, k_pos, dq, dk
+
+
 def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """DPE's two-part attention (see module docstring): the near part (keys closer than W, original
     positions) and the far part (remapped positions) as two attention passes, merged exactly by
@@ -387,12 +401,7 @@ def dpe_attention(module, query, key, value, attention_mask, scaling, dropout=0.
     plan: DPEPlan = module._longctx_dpe
     b, heads, q_len, _ = query.shape  # query: [b, heads, q, d] (already rotated at original positions)
     k_len = key.shape[-2]
-    q_pos = kwargs.get("position_ids")
-    q_pos = torch.arange(q_len, device=query.device)[None].expand(b, -1) if q_pos is None else q_pos
-    k_pos = q_pos if k_len == q_len else torch.arange(k_len, device=query.device)[None].expand(b, -1)
-    inv = plan.inv_freq.double().to(query.device)
-    dq = (remapped_positions(q_pos, plan.scales, plan.window, True) - q_pos[..., None]) * inv
-    dk = (remapped_positions(k_pos, plan.scales, plan.window, False) - k_pos[..., None]) * inv
+    q_pos, k_pos, dq, dk = remap_angles(plan, query, key, kwargs.get("position_ids"))
     groups = module.num_key_value_groups
     far_k = repeat_kv(_rotate(key, dk.float()), groups)  # rotated per KV head, then repeated
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
