@@ -213,6 +213,27 @@ def cached_greedy(
     return seq[len(prompt) :], logits
 
 
+FORCED = {
+    "forced_long": ("long", None, "long"),
+    "long_neighbour": (None, "long", "long"),  # prefilled alone, each decode step batched with a long request
+    "stitched": ("stitched", None, "stitched"),
+}
+"""The choices that need the installed rotary: (set the decoding runs under, set of its decode
+steps if different, set a full forward is judged under for its self gap)."""
+
+
+def _forced_run(model, prompt, new_tokens, reference, run_set, decode_set, own_set) -> dict:
+    """One prompt decoded under a forced factor-set choice: its gaps to the reference (the
+    model's own rule) and to a full forward under ``own_set`` (is its cache consistent?)."""
+    with _policy(model, run_set):
+        tokens, logits = cached_greedy(model, prompt, new_tokens, decode_set=decode_set)
+    with _policy(model, own_set):
+        self_gap = _gaps(model, prompt, tokens, logits)
+    with _policy(model, None):
+        gap = _gaps(model, prompt, tokens, logits)
+    return {"tokens": tokens, "reference": reference, "gap": gap, "self_gap": self_gap}
+
+
 def _gaps(model, prompt: list[int], tokens: list[int], logits: list[torch.Tensor]) -> list[float]:
     """max |cached − full forward| per step, along the run's own tokens."""
     seq = prompt + tokens
@@ -353,30 +374,10 @@ def serving_parity(model, tokenizer, settings: EvalSettings) -> dict:
                 runs[choice].append({"tokens": tokens, "reference": reference, "gap": gap, "self_gap": gap})
                 scale = max(scale, max(float(x.abs().max()) for x in logits))
         if can_force:
-            with _policy(model, "long"):
-                tokens, logits = cached_greedy(model, prompt, new_tokens)
-                self_gap = _gaps(model, prompt, tokens, logits)
-            with _policy(model, None):
-                gap = _gaps(model, prompt, tokens, logits)
-            runs["forced_long"].append(
-                {"tokens": tokens, "reference": reference, "gap": gap, "self_gap": self_gap}
-            )
-            with _policy(model, None):  # prefilled alone; each decode step batched with a long request
-                tokens, logits = cached_greedy(model, prompt, new_tokens, decode_set="long")
-                gap = _gaps(model, prompt, tokens, logits)
-            with _policy(model, "long"):  # what the batch step would compute from scratch
-                self_gap = _gaps(model, prompt, tokens, logits)
-            runs["long_neighbour"].append(
-                {"tokens": tokens, "reference": reference, "gap": gap, "self_gap": self_gap}
-            )
-            with _policy(model, "stitched"):
-                tokens, logits = cached_greedy(model, prompt, new_tokens)
-                self_gap = _gaps(model, prompt, tokens, logits)
-            with _policy(model, None):
-                gap = _gaps(model, prompt, tokens, logits)
-            runs["stitched"].append(
-                {"tokens": tokens, "reference": reference, "gap": gap, "self_gap": self_gap}
-            )
+            for choice, (run_set, decode_set, own_set) in FORCED.items():
+                runs[choice].append(
+                    _forced_run(model, prompt, new_tokens, reference, run_set, decode_set, own_set)
+                )
 
     choices = {}
     for choice in CHOICES:
