@@ -94,15 +94,6 @@ def family_of(model_path: str | None) -> dict:
     )
 
 
-def _lengths(recipe: dict) -> list[int]:
-    out = []
-    for stage in recipe["stages"]:
-        out += [w["length"] for w in stage.get("windows", [])]
-        out += list(stage.get("lengths", []))
-        out.append(stage.get("target_length") or 0)
-    return [n for n in out if n]
-
-
 def _scale(original: int, longest: int, min_original: int = MIN_ORIGINAL) -> float:
     """One power of two for every length: the longest ≤ MAX_LENGTH unless L would go under
     ``min_original`` (then longer lengths are clamped)."""
@@ -119,21 +110,24 @@ def launch_config(text: str) -> str | None:
 def shrink(recipe_file: Path, workdir: Path, model_dir: Path | None = None) -> Rehearsal:
     """The rehearsal of ``recipe_file`` (see the module docstring). ``model_dir``: where the
     family's tiny model is (or will be) saved, by :func:`build_model`."""
+    from longctx.train.load import load_recipe
+    from longctx.train.schema import declared_length, longest_length
+
     text = Path(recipe_file).read_text()
-    raw = yaml.safe_load(text)
-    r = copy.deepcopy(raw)
+    valid = load_recipe(recipe_file, check_files=False)  # the recipe's defaults, resolved once
+    r = copy.deepcopy(yaml.safe_load(text))
     model = r["model"]
     init = model.get("init")
     if init is not None:
-        family = {"model_type": init.get("architecture", "llama"), "tied": init.get("tie_embeddings", True),
-                  "gqa": init.get("num_kv_heads", 2) < init.get("num_heads", 4), "window": init.get("sliding_window")}  # fmt: skip
-        L = init.get("original_length", 256)
+        i = valid.model.init
+        family = {"model_type": i.architecture, "tied": i.tie_embeddings, "gqa": i.num_kv_heads < i.num_heads,
+                  "window": i.sliding_window}  # fmt: skip
     else:
         family = family_of(model.get("path"))
-        L = model.get("original_length") or family["max_pos"]
+    L = declared_length(valid) or family["max_pos"]
     # synthetic passkey documents (training mix, readjust's retrieval score) need ~114 tokens
-    passkeys = raw["data"].get("passkey_share") or any(st["kind"] == "readjust" for st in raw["stages"])
-    s = _scale(L, max(_lengths(raw), default=L), 128 if passkeys else MIN_ORIGINAL)
+    passkeys = valid.data.passkey_share or any(st.kind == "readjust" for st in valid.stages)
+    s = _scale(L, longest_length(valid) or L, 128 if passkeys else MIN_ORIGINAL)
 
     def scaled(n: int) -> int:
         if n == L:

@@ -233,7 +233,7 @@ def describe_batch(recipe, gpus: int) -> list[str]:
     lines = [f"batch (on {gpus} processes; --gpus):"]
     sp = recipe.sequence_parallel
     for stage in recipe.stages:
-        if getattr(stage, "windows", None) is None or not hasattr(stage, "grad_accum"):
+        if not isinstance(stage, TrainStage):
             continue
         p = batch_plan(stage, gpus, sp)
         lines.append(
