@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import time
 import types
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import torch
 
-import torch  # noqa: E402
+from longctx.checkout import checkout_root
+from longctx.rope.dpe import DPEPlan, _rotate, dpe_attention, query_block, remap_angles
 
-from longctx.rope.dpe import DPEPlan, _rotate, dpe_attention, query_block, remap_angles  # noqa: E402
+ROOT = checkout_root(purpose="benchmarks")
 
 HEADS, KV_HEADS, HEAD_DIM, THETA = 9, 3, 64, 1e5
 

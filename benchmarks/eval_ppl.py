@@ -19,9 +19,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from longctx.checkout import checkout_root
+
+ROOT = checkout_root(purpose="benchmarks")
 
 
 def _model(device: str, max_len: int):

@@ -59,8 +59,10 @@ TOY = not CUDA and os.environ.get(ON_CPU_ENV) == "1"
 """GPU rows on CPU at toy sizes (``--on-cpu``): their code paths run, the GPU's numbers do not."""
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 GIB = 2**30
-HERE = Path(__file__).resolve()
-REPO = HERE.parents[1]
+HERE = Path(__file__).resolve()  # re-run as a child for each row
+REPO = Path.cwd()
+"""The checkout: run from the repository root (the device runs every command there); longctx may
+not be installed yet (``--wheelhouse`` installs it), so its ``longctx.checkout`` is not used here."""
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_heads=32, num_kv_heads=8, vocab_size=128256)
 TOY_GEOMETRY = dict(hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2, vocab_size=512)
 BUDGET_S = 480
@@ -837,7 +839,7 @@ def install_wheelhouse(folder: Path) -> Path:
 def stale_project_files(installed: Path) -> list[str]:
     """Working-tree files (next to this script) that differ from the installed ``longctx``
     package's, or are missing from it (pyproject's package-dir: ``longctx.rope`` is ``rope/``, ...)."""
-    folders = {"rope", "data", "eval", "train", "benchmarks"}
+    folders = {"rope", "data", "eval", "train"}  # benchmarks/ is not installed: it runs from the tree
     out = []
     for path in sorted(installed.rglob("*.py")):
         rel = path.relative_to(installed)

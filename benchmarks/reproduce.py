@@ -43,9 +43,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from longctx.checkout import checkout_root
 from longctx.rope.files import write_text_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = checkout_root(purpose="benchmarks")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -357,7 +358,7 @@ def build_report(previous: str | None = None) -> str:
         "    python benchmarks/reproduce.py --only tiny     # recipes/repro/no_finetune.yaml",
         "",
     ]
-    from longctx.benchmarks.repro_finetune import fmt_spread, judge, spread
+    from benchmarks.repro_finetune import fmt_spread, judge, spread
 
     seeds8 = [
         load_runs(no_finetune_seed_dir(seed) / "eval_ppl", no_finetune_seed_dir(seed) / "eval_needles")
@@ -454,7 +455,7 @@ def build_report(previous: str | None = None) -> str:
     ))  # fmt: skip
 
     # --- table 2: fine-tuning (three seeds) -------------------------------------------------
-    from longctx.benchmarks.repro_finetune import section as finetune_section
+    from benchmarks.repro_finetune import section as finetune_section
 
     starts[2] = len(claims)
     ft_body, ft_claims = finetune_section(OUT, load_runs, ppl, retrieval, table)
@@ -572,7 +573,7 @@ KEPT = "*Kept from the previous version of this document: this machine has none 
 
 def missing_sections(by_scale: dict, smol: dict, eff: dict | None) -> dict[int, str]:
     """Sections of docs/REPRODUCTION.md with none of their outputs here → where they would be."""
-    from longctx.benchmarks.repro_finetune import SEEDS
+    from benchmarks.repro_finetune import SEEDS
 
     finetune = [OUT / f"{kind}_window_s{seed}" for kind in ("mixed", "long") for seed in SEEDS]
     where = {
@@ -733,7 +734,7 @@ def scaled_table(
     lines.append("")
     for k in NO_FT_SCALES:
         if k == 8 and searched8 is not None:
-            from longctx.benchmarks.repro_finetune import fmt_spread, judge
+            from benchmarks.repro_finetune import fmt_spread, judge
 
             base = {n: v for n, v in (baselines8 or {}).items() if v is not None}
             best = min(searched8, key=lambda n: searched8[n][0]) if searched8 else None
@@ -843,7 +844,7 @@ def efficiency_section(eff: dict | None, claims: list) -> list[str]:
 def smollm2_short_section() -> list[str]:
     """Section 5 of docs/REPRODUCTION.md (part ``smollm2_short``), built from
     ``benchmarks/smollm2_short.py``'s results file; "pending" where it has not run yet."""
-    from longctx.benchmarks.smollm2_short import RESULTS_FILE, report_lines
+    from benchmarks.smollm2_short import RESULTS_FILE, report_lines
 
     path = OUT / "smollm2_short" / RESULTS_FILE
     lines = [
@@ -881,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in NO_FT_SEEDS[1:]:
                 run_recipe("recipes/repro/no_finetune.yaml", *no_finetune_seed_overrides(seed))
         if "finetune" in parts:
-            from longctx.benchmarks.repro_finetune import run_all
+            from benchmarks.repro_finetune import run_all
 
             run_all(run_recipe)
         if "efficiency" in parts:

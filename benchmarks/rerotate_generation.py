@@ -37,15 +37,15 @@ import argparse
 import copy
 import random
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import torch
+from transformers import DynamicCache
 
-import torch  # noqa: E402
-from transformers import DynamicCache  # noqa: E402
+from longctx.checkout import checkout_root
+from longctx.rope.rerotate import _cache_keyword, rerotate_keys
+from longctx.train.models import init_model, model_config
 
-from longctx.rope.rerotate import _cache_keyword, rerotate_keys  # noqa: E402
-from longctx.train.models import init_model, model_config  # noqa: E402
+ROOT = checkout_root(purpose="benchmarks")
 
 SHAPES = {
     "tiny": dict(vocab_size=128, hidden_size=64, num_heads=4, num_kv_heads=2, num_layers=2, rope_theta=1e4),

@@ -23,9 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from longctx.checkout import checkout_root
 from longctx.rope.files import write_text_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = checkout_root(purpose="benchmarks")
 TINY = ROOT / "outputs" / "tiny"
 L, LONG = 128, 1024
 

@@ -61,6 +61,7 @@ from pathlib import Path
 
 import torch
 
+from longctx.checkout import checkout_root
 from longctx.eval.passkey import passkey_eval, passkey_samples
 from longctx.eval.perplexity import perplexity_at_lengths, truncated_rows
 from longctx.eval.scorer import build_scorer
@@ -72,7 +73,7 @@ from longctx.rope.files import append_line, read_jsonl, write_text_atomic
 from longctx.rope.install import ANGLE_FP64_FROM
 from longctx.rope.search import LongRoPE2Config, run_search, to_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = checkout_root(purpose="benchmarks")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

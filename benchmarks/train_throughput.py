@@ -65,7 +65,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from longctx.checkout import checkout_root
+
+ROOT = checkout_root(purpose="benchmarks")
 
 VOCAB = 8192
 LR, BETAS = 1e-4, (0.9, 0.95)

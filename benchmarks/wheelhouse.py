@@ -31,7 +31,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path.cwd()
+"""The checkout: run from the repository root; the machine that builds the wheelhouse may not
+have longctx installed, so ``longctx.checkout`` is not used here."""
 MAX_MIB = 60.0
 
 IMAGE_ROOTS = ("torch", "transformers", "accelerate", "peft", "triton")

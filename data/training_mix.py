@@ -1,14 +1,22 @@
 """What a training stage trains on: the corpus, short pieces for original-RoPE rows, and
-synthetic passkey documents mixed in at ``data.passkey_share`` (the data policy of a stage,
-kept out of the runner)."""
+synthetic retrieval documents (passkey, RULER needle tasks) mixed in at ``data.synthetic_mix``
+(the data policy of a stage, kept out of the runner)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from longctx.data.errors import DataError
-from longctx.data.synthetic import passkey_sample
+from longctx.data.synthetic import RULER_TASKS, passkey_sample, ruler_sample
+
+SYNTHETIC_TASKS = ("passkey", *(t for t in RULER_TASKS if not t.startswith("qa_")))
+"""Tasks a training mix can generate (RULER's QA needs outside records)."""
+
+TRAIN_SEED_BASE = 10**12
+"""Training documents take their seeds from 10¹² up; every evaluation and search sample uses
+seeds below it (small integers: ``eval.tasks.EvalSettings.seed`` plus offsets < 10⁹), so no
+evaluated key, needle or haystack draw is one the model was trained on."""
 
 
 def training_documents(
@@ -17,19 +25,19 @@ def training_documents(
     *,
     original_length: int,
     tokenizer,
-    passkey_share: float,
+    mix: Mapping[str, float],
     seed: int,
     log: Callable[[str], None] = lambda message: None,
 ) -> list[list[int]]:
     """Documents for a training stage with ``windows`` = [(length, "original" | "rescaled")].
 
     Short rows are packed from documents ≤ L (LongRoPE2 §3.3). When a corpus has only long
-    documents (the KJV books), they are also cut into L-token pieces so short rows exist;
-    synthetic passkey documents are mixed in at ``passkey_share``: ≤ L ones among the short
-    documents (as many as the share asks of their count), and for each rescaled window ones of
-    half to all its length among the long documents, as many as the share asks of the long
+    documents (the KJV books), they are also cut into L-token pieces so short rows exist.
+    Synthetic documents are mixed in at ``mix`` = {task: share}: ≤ L ones among the short
+    documents (as many as the shares ask of their count), and for each rescaled window ones of
+    half to all its length among the long documents, as many as the shares ask of the long
     documents' TOKENS (the sampler splits a long document over many rows, so a count per
-    document would leave long rows almost without passkeys on a corpus of books).
+    document would leave long rows almost without retrieval documents on a corpus of books).
     """
     L = original_length
     out = list(docs)
@@ -39,42 +47,60 @@ def training_documents(
             f"data: no document <= L={L}; cut {len(docs)} documents into {len(pieces)} pieces of <= {L} tokens"
         )
         out += pieces
-    share = passkey_share
-    if share > 0:
-        count = round(share / (1 - share) * sum(len(d) <= L for d in out))
-        out += passkey_documents(tokenizer, L, count, short=True, seed=seed, log=log)
-        long_tokens = sum(len(d) for d in docs if len(d) > L)
-        for length in sorted({length for length, rope in windows if rope == "rescaled"}):
-            # long rows retrieve too: passkey documents of L' / 2 … L' tokens (¾ L' on average)
-            count = round(share / (1 - share) * long_tokens / (0.75 * length))
-            out += passkey_documents(tokenizer, length, max(1, count), short=False, seed=seed, log=log)
+    total = sum(mix.values())
+    if total <= 0:
+        return out
+    n_short = sum(len(d) <= L for d in out)
+    long_tokens = sum(len(d) for d in docs if len(d) > L)
+    for task, share in mix.items():
+        count = round(share / (1 - total) * n_short)
+        out += synthetic_documents(tokenizer, task, L, count, short=True, seed=seed, log=log)
+    for length in sorted({length for length, rope in windows if rope == "rescaled"}):
+        for task, share in mix.items():
+            # long rows retrieve too: documents of L' / 2 … L' tokens (¾ L' on average)
+            count = max(1, round(share / (1 - total) * long_tokens / (0.75 * length)))
+            out += synthetic_documents(tokenizer, task, length, count, short=False, seed=seed, log=log)
     return out
 
 
-def passkey_documents(
-    tokenizer, length: int, count: int, *, short: bool, seed: int, log: Callable[[str], None] = lambda m: None
+def synthetic_documents(
+    tokenizer,
+    task: str,
+    length: int,
+    count: int,
+    *,
+    short: bool,
+    seed: int,
+    log: Callable[[str], None] = lambda m: None,
 ) -> list[list[int]]:
-    """``count`` passkey documents of ``length // 2`` … ``length - 1`` tokens (+ EOS).
+    """``count`` documents of ``task`` of ``length // 2`` … ``length - 1`` tokens (+ EOS).
 
     ≤ L documents (``short``): the stream the base was pretrained on; each long length its own
-    stream and keys (seeds from length·10⁶), so long rows never repeat a short document's key.
+    stream and keys (seeds offset by length·10⁶), so long rows never repeat a short document's
+    key. Seeds start at :data:`TRAIN_SEED_BASE` (+ the recipe seed · 10⁹): never an eval's.
     """
-    rng = random.Random(seed if short else f"{seed}:{length}")
-    first = 0 if short else length * 1_000_000
+    rng = random.Random(f"{task}:{seed}" if short else f"{task}:{seed}:{length}")
+    first = TRAIN_SEED_BASE + seed * 10**9 + (0 if short else length * 1_000_000)
     docs = []
     for i in range(count):
         # one token short of the length, so the EOS never cuts the answer off
         want, depth = rng.randint(length // 2, length - 1), rng.random()
         try:
-            sample = passkey_sample(tokenizer, length=want, depth=depth, seed=first + i)
+            sample = _sample(tokenizer, task, want, depth, first + i)
         except DataError:  # shorter than the fixed prompt: use the longest length that fits
             try:
-                sample = passkey_sample(tokenizer, length=length - 1, depth=depth, seed=first + i)
+                sample = _sample(tokenizer, task, length - 1, depth, first + i)
             except DataError as err:
                 raise DataError(
-                    f"data.passkey_share: passkey documents do not fit in L={length} ({err})"
+                    f"data.synthetic_mix: {task} documents do not fit in {length} tokens ({err})"
                 ) from None
         eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         docs.append([*sample.input_ids, *eos])
-    log(f"data: mixed in {count} synthetic passkey documents of <= {length} tokens")
+    log(f"data: mixed in {count} synthetic {task} documents of <= {length} tokens")
     return docs
+
+
+def _sample(tokenizer, task: str, length: int, depth: float, seed: int):
+    if task == "passkey":
+        return passkey_sample(tokenizer, length=length, depth=depth, seed=seed)
+    return ruler_sample(task, tokenizer, length, seed)  # RULER draws its own needle depths

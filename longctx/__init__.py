@@ -6,7 +6,9 @@ The product's folders install under this one name, so nothing generic lands in s
 - ``longctx.data``  (``data/``)  — sources, tokenisation, packing, mixed windows, synthetic tasks;
 - ``longctx.eval``  (``eval/``)  — perplexity, passkey, NIAH, RULER, short tasks, reports;
 - ``longctx.train`` (``train/``) — recipes, stages, the training loop, the runner;
-- ``longctx.benchmarks`` (``benchmarks/``) — ratio benchmarks and the reproduction report.
+
+``benchmarks/`` (ratio benchmarks, the reproduction report) is not installed: it runs from a
+checkout, found from the working directory (:mod:`longctx.checkout`).
 
 Command line: ``longctx run | plan | eval | reproduce`` (:mod:`longctx.cli`).
 """

@@ -4,7 +4,8 @@
   put it under ``accelerate launch -m longctx.cli run ...`` for several processes);
 - ``longctx plan RECIPE [--gpus N --gpu-mem GiB]`` — validate, print the plan and memory estimate;
 - ``longctx eval --model DIR ...`` — evaluate a checkpoint (or a recipe's stage) outside a recipe;
-- ``longctx reproduce [--only ...]`` — regenerate docs/REPRODUCTION.md from committed recipes.
+- ``longctx reproduce [--only ...] [--repo DIR]`` — regenerate docs/REPRODUCTION.md from committed
+  recipes; works from a checkout (the working directory or ``--repo``), not from an install.
 """
 
 from __future__ import annotations
@@ -35,7 +36,31 @@ def main(argv: list[str] | None = None) -> int:
         from longctx.eval.__main__ import main as eval_main
 
         return eval_main(rest)
-    from longctx.benchmarks.reproduce import main as reproduce_main
+    return _reproduce(rest)
+
+
+def _reproduce(rest: list[str]) -> int:
+    """``benchmarks/reproduce.py`` of the checkout at or above the working directory (or
+    ``--repo DIR``): the reproduction tools are not installed with the package."""
+    from longctx.checkout import checkout_root
+    from longctx.errors import LongctxError
+
+    import argparse
+
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--repo", help="the longctx checkout (default: at or above the working directory)")
+    known, rest = where.parse_known_args(rest)
+    try:
+        root = checkout_root(known.repo, purpose="longctx reproduce")
+    except LongctxError as err:
+        print(f"longctx reproduce: {err}", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import os
+
+    os.chdir(root)
+    from benchmarks.reproduce import main as reproduce_main
 
     return reproduce_main(rest)
 

@@ -1,6 +1,7 @@
 """RoPE position math: scaling methods, the RopeSpec contract, installation and stock export.
 
-``rope`` imports none of ``data``, ``eval`` or ``train`` (see DESIGN.md: layering).
+``rope`` imports none of ``data``, ``eval`` or ``train``: the layering is rope ← data ← eval ←
+train, and ``tests/test_layering.py`` holds every module to it.
 """
 
 from longctx.rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError

@@ -2,7 +2,7 @@
 
 Stock transformers' ``longrope`` multiplies cos/sin by ONE attention factor, sqrt(1 + ln s / ln L)
 by default, for both factor sets: a training-free export changes short inputs even when its
-short factors are all 1 (SmolLM2 ppl@4k 5.98 → 7.24 at 8×; ENVIRONMENT.md). A spec records
+short factors are all 1 (SmolLM2 ppl@4k 5.98 → 7.24 at 8×; docs/REPRODUCTION.md §5). A spec records
 which of three policies it follows, through its ``attention_factor`` and ``params.mscale_short``:
 
 - ``hf``: transformers' default, one factor for both sets (``attention_factor`` unset);

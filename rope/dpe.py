@@ -3,8 +3,8 @@
 DPE keeps the pretrained frequencies and changes POSITIONS, per group of rotary pairs:
 the pairs are split into equal groups, each with its own scale ``s_g`` (its detected
 effective length); only the selected key pairs (``key_dims``, chosen by Q/K norms) are
-remapped, the others keep their original positions. Per METHODS.md §DPE step 3 (a
-Self-Extend-like rule): keys within the local window ``W`` of a query use normal
+remapped, the others keep their original positions. Per DPE's step 3 (arXiv 2504.18857;
+a Self-Extend-like rule): keys within the local window ``W`` of a query use normal
 positions; beyond it, the query takes ``q // s_g + W − W // s_g`` and the key ``k // s_g``
 in group g. Each key lies in exactly one of the two parts, so merging the parts' softmaxes
 by log-sum-exp weights is one softmax over the scores taken from the part the key

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from longctx.benchmarks import gpu_check, wheelhouse
+from benchmarks import gpu_check, wheelhouse
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"

@@ -75,7 +75,7 @@ def test_finetune_claims_are_judged_over_three_seeds(repro, tmp_path):
     """Each cell is mean ± half-range over the seeds; a claim holds only when the two compared
     ranges are apart in its favour, is "no difference" when they overlap, pending until every
     seed has finished."""
-    from longctx.benchmarks import repro_finetune as ft
+    from benchmarks import repro_finetune as ft
 
     assert ft.SEEDS == (0, 1, 2)
     short = {"mixed": (50.0, 51.0, 52.0), "long": (52.5, 53.0, 60.0), "readjust": (52.0, 59.0, 61.0)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from longctx.benchmarks import search_efficiency
+from benchmarks import search_efficiency
 from longctx.data.corpus import KJV_VALIDATION_BOOKS, load_demo_corpus
 from longctx.data.tokenizer import train_demo_tokenizer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from longctx.benchmarks import smollm2_short as bench_mod
+from benchmarks import smollm2_short as bench_mod
 from longctx.data.corpus import load_demo_corpus
 from longctx.rope import RopeSpec, from_hf_config
 from longctx.rope.longrope import default_attention_factor

@@ -287,7 +287,7 @@ class RunContext:
             [(w.length, w.rope) for w in windows],
             original_length=self.original_length,
             tokenizer=self.tokenizer(),
-            passkey_share=self.recipe.data.passkey_share,
+            mix=self.recipe.data.retrieval_mix(),
             seed=self.recipe.seed,
             log=self.log,
         )

@@ -126,7 +126,7 @@ def shrink(recipe_file: Path, workdir: Path, model_dir: Path | None = None) -> R
         family = family_of(model.get("path"))
     L = declared_length(valid) or family["max_pos"]
     # synthetic passkey documents (training mix, readjust's retrieval score) need ~114 tokens
-    passkeys = valid.data.passkey_share or any(st.kind == "readjust" for st in valid.stages)
+    passkeys = valid.data.retrieval_mix() or any(st.kind == "readjust" for st in valid.stages)
     s = _scale(L, longest_length(valid) or L, 128 if passkeys else MIN_ORIGINAL)
 
     def scaled(n: int) -> int:

@@ -26,7 +26,9 @@ from longctx.train.recipe import Recipe, source_stage
 MARKER = "COMPLETE"
 
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"
+DEFAULT_RECIPE = Path("recipes") / "tiny.yaml"
+"""The embedded default, relative to the working directory (a checkout's root): recipes are not
+installed with the package."""
 
 
 def write_json(path: Path, data: dict) -> None:

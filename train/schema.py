@@ -80,7 +80,13 @@ class DataCfg(Strict):
     cache_dir: str | None = None
     """Tokenisation cache; default ``<output_dir>/cache``."""
     passkey_share: float = Field(0.0, ge=0.0, lt=1.0)
-    """Share of synthetic passkey documents mixed in (so a base model learns to retrieve)."""
+    """Share of synthetic passkey documents mixed in (so a base model learns to retrieve);
+    shorthand for ``synthetic_mix: {passkey: share}``."""
+    synthetic_mix: dict[str, float] = {}
+    """Share of synthetic retrieval documents per task, mixed into every training stage:
+    ``passkey`` or a RULER task of ``data.synthetic.RULER_TASKS`` (e.g. ``niah_single_3``), each
+    generated at ½–1× of every window's length from seeds no evaluation or search draws
+    (``data.training_mix.TRAIN_SEED_BASE``). The shares add up to < 1."""
     validation: list[dict[str, Any]] = []
     """Documents the factor searches and the readjustment score (as ``sources``); empty: the
     training sources. A model scores lower on text it was trained on, and how much lower moves
@@ -88,6 +94,24 @@ class DataCfg(Strict):
     larger attention factor helps the first and hurts the second), so a search scored on
     training text can pick factors that lose on new text. Keep these out of ``sources`` and of
     the eval stages' data."""
+
+    @model_validator(mode="after")
+    def _synthetic_mix(self) -> DataCfg:
+        if self.passkey_share and self.synthetic_mix:
+            raise ValueError("set data.passkey_share or data.synthetic_mix, not both")
+        from longctx.data.training_mix import SYNTHETIC_TASKS
+
+        unknown = sorted(set(self.synthetic_mix) - set(SYNTHETIC_TASKS))
+        if unknown:
+            raise ValueError(f"synthetic_mix: unknown task(s) {unknown}; expected some of {list(SYNTHETIC_TASKS)}")
+        shares = self.synthetic_mix.values()
+        if any(v <= 0 for v in shares) or sum(shares) >= 1:
+            raise ValueError(f"synthetic_mix: shares {dict(self.synthetic_mix)}; expected each > 0, together < 1")
+        return self
+
+    def retrieval_mix(self) -> dict[str, float]:
+        """The synthetic share per task (``passkey_share`` read as ``{passkey: share}``)."""
+        return dict(self.synthetic_mix) or ({"passkey": self.passkey_share} if self.passkey_share else {})
 
 
 class WindowCfg(Strict):

@@ -14,7 +14,7 @@ the groups as its ``mpu`` and reduces gradients over them. This module only does
   the same batch (the sampler is deterministic), then keeps its 1/N slice — what DeepSpeed's
   ``UlyssesSPDataLoaderAdapter`` does after gathering, without the gather;
 - **the factor set**: chosen from the GLOBAL row's kind before slicing and forced on the
-  rotary for the forward (METHODS.md: a rank that judged its shard of position ids — shard 0
+  rotary for the forward (a rank that judged its shard of position ids — shard 0
   of a long row has ``max(position_ids) + 1 ≤ L`` — would silently use the short factors);
 - **labels**: shifted on the whole row before slicing (``shift_labels``), so the token that
   predicts the first token of the next shard keeps its label;

@@ -3,7 +3,7 @@
 Every algorithm is a plain function ``run(ctx, config)`` written against a
 ``score(specs) -> list[float]`` callable (lower is better), so it is tested on synthetic
 objectives without a model; ``eval.scorer.build_scorer`` builds the real one from a model
-and samples (DESIGN.md: ``rope`` imports no other package). :func:`run_search` adds the
+and samples (``rope`` imports no other package of longctx). :func:`run_search` adds the
 evaluation cache, invalid-candidate rejection, resumable state, rank splitting, the JSONL
 log and the progress plot.
 """

@@ -1,4 +1,4 @@
-"""DPE effective-length detection (arXiv 2504.18857, METHODS.md §DPE step 1).
+"""DPE effective-length detection (arXiv 2504.18857, step 1).
 
 The rotary pairs are split into equal groups (8 in the paper). For each group, the other
 groups are held at scale ``2·L'/L`` and the group's scale is swept over

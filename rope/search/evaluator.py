@@ -1,7 +1,7 @@
 """The evaluation gate every search algorithm goes through: cache, reject, split, log.
 
 Every candidate costs forward passes at the target length, so nothing reaches the
-``score`` callable twice or invalid (DESIGN.md, "Search objective"):
+``score`` callable twice or invalid:
 
 - candidates are deduplicated by :attr:`Candidate.key` (0.01 grid) against every earlier
   evaluation and within the batch; a cached key is answered from the cache;
@@ -51,8 +51,8 @@ class Distributed:
             import torch
             from accelerate import PartialState
 
-            # ENVIRONMENT.md trap: without CUDA accelerate leaves the backend unset and
-            # every rank believes it is rank 0 of 1; force gloo.
+            # without CUDA accelerate leaves the backend unset and every rank believes it is
+            # rank 0 of 1 (measured with accelerate 1.15 on CPU); force gloo.
             kwargs = {} if torch.cuda.is_available() else {"cpu": True, "backend": "gloo"}
             self.state = PartialState(**kwargs)
 

@@ -42,7 +42,7 @@ class PopulationConfig:
     """Prefix of this config's error messages (the ``SEARCH_ALGORITHMS`` key)."""
 
     population: int = 64
-    """Initial population size (METHODS.md §LongRoPE / §LongRoPE2: 64)."""
+    """Initial population size (LongRoPE arXiv 2402.13753 §4.1 and LongRoPE2 §4.1: 64)."""
     generations: int = 40
     """Iterations after the initial population (paper: 40)."""
     parents: int = 32

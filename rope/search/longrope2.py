@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class LongRoPE2Config(PopulationConfig):
     """LongRoPE's evolution loop (:class:`PopulationConfig`: population 64, 40 iterations,
-    p = 0.3 as METHODS.md §LongRoPE2; parents / children / crossover as LongRoPE's) over the
+    p = 0.3 as LongRoPE2, arXiv 2502.20082 §3.2; parents / children / crossover as LongRoPE's) over the
     pairs above the critical dimension."""
 
     NAME: ClassVar[str] = "longrope2"

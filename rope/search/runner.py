@@ -9,7 +9,7 @@ from the start against that cache — no forward pass for what was done, the sam
 draws, hence the same path and the same result as an uninterrupted run.
 
 ``score(specs) -> list[float]`` (lower is better) comes from the caller, e.g.
-``eval.scorer.build_scorer``; ``rope`` never imports ``eval`` (DESIGN.md, layering).
+``eval.scorer.build_scorer``; ``rope`` never imports ``eval``.
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def test_plan_is_within_25_percent_of_measured_micro_steps():
     fp32), one peaking in a layer's recompute (bf16 module: DeepSpeed's precision, tiled loss; a
     1k vocabulary so the layer dominates at 2k tokens), one under autocast (fp32 weights, the tiled
     loss), a perplexity forward (no grad) and a generation prefill (KV cache)."""
-    from longctx.benchmarks.planner_memory import Row, measure
+    from benchmarks.planner_memory import Row, measure
 
     rows = [Row(256, 2, 1024, loss="plain"), Row(512, 2, 2048, precision="bf16", vocab=1024),
             Row(256, 2, 1024, precision="autocast"), Row(256, 2, 4096, precision="bf16", loss="ppl"),

@@ -49,6 +49,9 @@ class Settings(Strict):
     samples: int = Field(2, gt=0)
     """Samples per (length, depth) cell for passkey / NIAH, per (task, length) for RULER."""
     depths: list[float] = [0.1, 0.5, 0.9]
+    seed: int = Field(0, ge=0, lt=10**9)
+    """Seed of the synthetic samples (passkey, NIAH, RULER): another seed draws other keys,
+    needles and depths; training documents never use these seeds (``TRAIN_SEED_BASE``)."""
     ppl_data: str = "kjv"
     """Perplexity documents: a demo corpus name, a .txt/.jsonl file or a folder of .txt."""
     ppl_docs: int = Field(3, gt=0)
@@ -73,7 +76,7 @@ class Settings(Strict):
 
 
 SETTINGS_FIELDS = (
-    "lengths", "depths", "samples", "ppl_data", "ppl_docs", "ppl_mode", "ppl_stride", "chunk_size", "ruler_tasks",
+    "lengths", "depths", "seed", "samples", "ppl_data", "ppl_docs", "ppl_mode", "ppl_stride", "chunk_size", "ruler_tasks",
     "qa_data", "max_new_tokens", "short_tasks", "num_fewshot", "short_limit", "long_tasks", "long_limit",
 )  # fmt: skip
 """The stage keys that are ``eval.tasks.EvalSettings`` fields of the same name."""
