@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 def _reproduce(rest: list[str]) -> int:
     """``benchmarks/reproduce.py`` of the checkout at or above the working directory (or
     ``--repo DIR``): the reproduction tools are not installed with the package."""
+    import argparse
+
     from longctx.checkout import checkout_root
     from longctx.errors import LongctxError
-
-    import argparse
 
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--repo", help="the longctx checkout (default: at or above the working directory)")

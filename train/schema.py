@@ -103,10 +103,14 @@ class DataCfg(Strict):
 
         unknown = sorted(set(self.synthetic_mix) - set(SYNTHETIC_TASKS))
         if unknown:
-            raise ValueError(f"synthetic_mix: unknown task(s) {unknown}; expected some of {list(SYNTHETIC_TASKS)}")
+            raise ValueError(
+                f"synthetic_mix: unknown task(s) {unknown}; expected some of {list(SYNTHETIC_TASKS)}"
+            )
         shares = self.synthetic_mix.values()
         if any(v <= 0 for v in shares) or sum(shares) >= 1:
-            raise ValueError(f"synthetic_mix: shares {dict(self.synthetic_mix)}; expected each > 0, together < 1")
+            raise ValueError(
+                f"synthetic_mix: shares {dict(self.synthetic_mix)}; expected each > 0, together < 1"
+            )
         return self
 
     def retrieval_mix(self) -> dict[str, float]:
