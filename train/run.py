@@ -142,9 +142,8 @@ def _preflight(recipe: Recipe, recipe_file: Path, ctx, stages: dict) -> None:
     """Data checks of every unfinished stage, before any model loads (one line each)."""
     lines = []
     for stage in recipe.stages:
-        check = getattr(stages[stage.kind], "preflight", None)
-        if check is not None and not (ctx.stage_dir(stage.name) / MARKER).exists():
-            lines += [f"{recipe_file}: {line}" for line in check(stage, ctx)]
+        if not (ctx.stage_dir(stage.name) / MARKER).exists():
+            lines += [f"{recipe_file}: {line}" for line in stages[stage.kind].preflight(stage, ctx)]
     if lines:
         raise RecipeError(lines)
 

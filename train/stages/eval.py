@@ -18,6 +18,7 @@ from longctx.train.schema import Strict
 
 PRODUCES = frozenset()
 RESUMES_SCORES = False
+TRAINS = False
 
 
 class EvalRun(Strict):

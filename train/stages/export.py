@@ -9,6 +9,7 @@ from longctx.train.schema import Strict
 
 PRODUCES = frozenset()
 RESUMES_SCORES = False
+TRAINS = False
 
 
 class Settings(Strict):
@@ -24,6 +25,10 @@ def check(recipe, index: int, where: str) -> list[str]:
 
 def plan(recipe, stage) -> str:
     return "export (stock transformers config)"
+
+
+def preflight(stage, ctx) -> list[str]:
+    return []
 
 
 def run(stage, ctx) -> dict:

@@ -28,6 +28,10 @@ def plan(recipe, stage) -> str:
     return "finetune " + train_plan(stage)
 
 
+def preflight(stage, ctx) -> list[str]:
+    return []
+
+
 def run(stage, ctx) -> dict:
     from longctx.train.fit import fit
 

@@ -32,6 +32,10 @@ def plan(recipe, stage) -> str:
     return "pretrain " + train_plan(stage)
 
 
+def preflight(stage, ctx) -> list[str]:
+    return []
+
+
 def run(stage, ctx) -> dict:
     from longctx.train.fit import fit
 

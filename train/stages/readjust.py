@@ -12,6 +12,7 @@ from longctx.train.stages import search
 
 PRODUCES = frozenset({"spec"})
 RESUMES_SCORES = True
+TRAINS = False
 
 
 class Settings(FactorSearchSettings):
@@ -60,7 +61,29 @@ preflight = search.preflight
 
 
 def run(stage, ctx) -> dict:
-    return search.factor_search(stage, ctx, "short_factor", prepare=_attention_policy, objective=_objective)
+    """The short factors at ``target_length`` ≤ L under the stage's attention policy, scored on
+    perplexity (plus retrieval at L, ``retrieval_weight``); never worse than the starting ones."""
+    import dataclasses
+
+    from longctx.rope import apply_rope
+    from longctx.rope.search import readjust
+
+    s = search.setup(stage, ctx, "short")
+    start, record = _attention_policy(stage, ctx, s.model, s.start, s.scorer)
+    apply_rope(s.model, start)
+    scorer, more = _objective(stage, ctx, s.model, start, s.scorer)
+    record.update(more)
+    result = readjust(
+        stage.algorithm, start, scorer, stage.target_length, max_factor=stage.max_factor, **s.run_kwargs
+    )
+    # a readjustment never leaves short inputs worse than it found them: the starting short
+    # factors are a candidate too (an evolution's first population need not contain them)
+    record["start_score"] = start_score = scorer([start])[0]
+    if start_score <= result.score:
+        result = dataclasses.replace(result, spec=start, score=start_score)
+        record["kept_start"] = True
+        ctx.log(f"[{stage.name}] no candidate beat the starting short factors ({start_score:.4f}); kept them")
+    return search.finish(stage, ctx, result, record)
 
 
 def _retrieval_samples(stage, ctx) -> list:

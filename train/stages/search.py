@@ -9,7 +9,9 @@ over ranks by ``rope.search`` (every rank scores its share, the main process wri
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -17,6 +19,7 @@ from longctx.train.schema import FactorSearchSettings, declared_length
 
 PRODUCES = frozenset({"spec"})
 RESUMES_SCORES = True
+TRAINS = False
 
 DPE_SETTINGS = {"groups": 8, "key_fraction": 0.75, "local_window": 1024, "scales": None}
 """DPE defaults (arXiv 2504.18857): 8 groups, top 48 of 64 pairs (README), W = 1024, sweep 1…L'/W."""
@@ -104,62 +107,41 @@ def search_samples(stage, ctx) -> list:
     ]
 
 
-def factor_search(stage, ctx, field: str, prepare=None, objective=None) -> dict:
-    """Search ``field`` ("long_factor" or "short_factor") of the stage's spec on its model;
-    ``prepare(stage, ctx, model, spec, scorer) -> (spec, record)`` may change the template first and
-    ``objective(stage, ctx, model, template, scorer) -> (score, record)`` extend the scorer."""
-    import dataclasses
+@dataclass
+class SearchSetup:
+    """What both factor searches start from: the stage's model (loaded once), its starting spec,
+    the scorer of the factor set being searched, and ``rope.search``'s run settings."""
 
+    model: Any
+    start: Any
+    scorer: Callable
+    run_kwargs: dict
+
+
+def setup(stage, ctx, factor_set: str) -> SearchSetup:
+    """Samples (checked before the model loads), the model, its starting spec and the scorer
+    of ``factor_set`` ("long": ``extend``; "short": the readjustment)."""
     from longctx.eval.scorer import build_scorer
-    from longctx.rope import apply_rope
-    from longctx.rope.attention_policy import with_attention_policy
-    from longctx.rope.search import readjust, run_search
-    from longctx.rope.search.runner import factor_template
 
     samples = search_samples(stage, ctx)
     model = ctx.load_model(stage)
-    previous = ctx.spec_for(stage, model)
-    stage_dir = ctx.stage_dir(stage.name)
-    kwargs = dict(
+    scorer = build_scorer(
+        model, samples, stage.objective, factor_set=factor_set, abandon_margin=stage.abandon_margin
+    )
+    run_kwargs = dict(
         config=stage.settings or None,
-        out_dir=stage_dir / "search",
+        out_dir=ctx.stage_dir(stage.name) / "search",
         seed=ctx.recipe.seed,
         max_evaluations=stage.max_evaluations,
         progress=ctx.accelerator.is_main_process,
     )
-    kind = "long" if field == "long_factor" else "short"
-    scorer = build_scorer(
-        model, samples, stage.objective, factor_set=kind, abandon_margin=stage.abandon_margin
-    )
-    record = {}
-    if prepare is not None:
-        previous, record = prepare(stage, ctx, model, previous, scorer)
-    apply_rope(model, previous)
-    if objective is not None:
-        scorer, more = objective(stage, ctx, model, previous, scorer)
-        record.update(more)
-    if field == "long_factor":
-        # run_search turns a non-longrope template into all-one factors with the same geometry
-        template = previous.replace(target_length=stage.target_length)
-        attention = getattr(stage, "attention_factor", None)
-        if attention is not None:
-            template = with_attention_policy(factor_template(template), "balanced", attention)
-            record["attention_factor"] = attention
-        result = run_search(stage.algorithm, template, scorer, **kwargs)
-    else:
-        result = readjust(
-            stage.algorithm, previous, scorer, stage.target_length, max_factor=stage.max_factor, **kwargs
-        )
-        # a readjustment never leaves short inputs worse than it found them: the starting short
-        # factors are a candidate too (an evolution's first population need not contain them)
-        start = scorer([previous])[0]
-        record["start_score"] = start
-        if start <= result.score:
-            result = dataclasses.replace(result, spec=previous, score=start)
-            record["kept_start"] = True
-            ctx.log(f"[{stage.name}] no candidate beat the starting short factors ({start:.4f}); kept them")
+    return SearchSetup(model, ctx.spec_for(stage, model), scorer, run_kwargs)
+
+
+def finish(stage, ctx, result, record: dict) -> dict:
+    """Write the found spec (main process) and the stage's result."""
     if ctx.accelerator.is_main_process:
-        result.spec.to_json(stage_dir / "spec.json")
+        result.spec.to_json(ctx.stage_dir(stage.name) / "spec.json")
     return {
         "score": result.score,
         "objective": stage.objective,
@@ -168,6 +150,23 @@ def factor_search(stage, ctx, field: str, prepare=None, objective=None) -> dict:
         **record,
         "spec": result.spec.to_dict(),
     }
+
+
+def extend(stage, ctx) -> dict:
+    """The long factors at ``target_length``, warm-started from the starting spec (progressive
+    extension; a non-longrope start becomes all-one factors of the same geometry)."""
+    from longctx.rope import apply_rope
+    from longctx.rope.attention_policy import with_attention_policy
+    from longctx.rope.search import run_search
+    from longctx.rope.search.runner import factor_template
+
+    s = setup(stage, ctx, "long")
+    apply_rope(s.model, s.start)
+    template, record = s.start.replace(target_length=stage.target_length), {}
+    if stage.attention_factor is not None:
+        template = with_attention_policy(factor_template(template), "balanced", stage.attention_factor)
+        record["attention_factor"] = stage.attention_factor
+    return finish(stage, ctx, run_search(stage.algorithm, template, s.scorer, **s.run_kwargs), record)
 
 
 def _dpe(stage, ctx) -> dict:
@@ -209,4 +208,4 @@ def _dpe(stage, ctx) -> dict:
 def run(stage, ctx) -> dict:
     if stage.algorithm == "dpe":
         return _dpe(stage, ctx)
-    return factor_search(stage, ctx, "long_factor")
+    return extend(stage, ctx)
