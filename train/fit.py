@@ -91,6 +91,28 @@ def _batches(ctx: RunContext, stage):
     return lambda micro_index: sampler.iter_from(micro_index * stage.micro_batch_size)
 
 
+def _retention(stage, ctx: RunContext):
+    """The frozen teacher of ``stage.retention``: the starting model in the compute dtype, on the
+    device, outside any engine, under the spec it was saved with (its stage's, else the base
+    RoPE) and its short factor set; SDPA, or eager under sequence parallelism (never Ulysses')."""
+    if getattr(stage, "retention", None) is None:
+        return None
+    from longctx.rope import set_factor_set
+    from longctx.train.loop import Retention
+
+    teacher = ctx.load_model(stage)
+    teacher.requires_grad_(False)
+    teacher.set_attn_implementation("eager" if ctx.recipe.sequence_parallel > 1 else "sdpa")
+    source = ctx.model_source(stage)
+    saved = ctx.stage_dir(source) / "spec.json" if source else None
+    apply_rope(teacher, RopeSpec.from_json(saved) if saved and saved.exists() else ctx.base_spec(teacher))
+    set_factor_set(teacher, "original")
+    ctx.log(
+        f"[{stage.name}] retention: KL to the frozen starting model on short rows, weight {stage.retention.kl_weight}"
+    )
+    return Retention(teacher, stage.retention.kl_weight)
+
+
 def _zero3(ctx: RunContext) -> bool:
     plugin = getattr(ctx.accelerator.state, "deepspeed_plugin", None)
     return plugin is not None and plugin.zero_stage == 3
@@ -141,6 +163,7 @@ def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
         segments = False  # the model keeps "sdpa": DeepSpeed wraps that name
     elif segments:
         ctx.log(f"[{stage.name}] attention: sdpa per document ({SEGMENTS}), no mask tensor")
+    retention = _retention(stage, ctx)
     with segment_attention(bare) if segments else nullcontext():
         result = train_loop(
             model,
@@ -151,6 +174,7 @@ def _fit(stage, ctx: RunContext, model, spec: RopeSpec, batches) -> dict:
             varlen=varlen,
             sequence_parallel=n,
             tiled_loss=tiled,
+            retention=retention,
         )
     _save_model(ctx, result.model, spec, stage_dir, lora=stage.lora)
     return {

@@ -34,7 +34,7 @@ from longctx.rope import set_factor_set
 from longctx.train import sequence_parallel as sp
 from longctx.train.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from longctx.train.recipe import TrainStage
-from longctx.train.tiled_loss import causal_lm_loss_sum, hidden_loss_sum, through_wrapper
+from longctx.train.tiled_loss import Teacher, causal_lm, causal_lm_loss_sum, hidden_loss_sum, through_wrapper
 
 
 class TrainingError(LongctxError, RuntimeError):
@@ -133,19 +133,24 @@ def _forward_loss(
     step_tokens: torch.Tensor,
     tiled: bool,
     unwrapped,
+    retention: Retention | None = None,
 ) -> torch.Tensor:
     """The micro-batch's share of the step's token-weighted loss: (sum of its token losses) /
     (tokens of the whole optimizer step, over every micro-batch and process). Summed over the
     step's micro-batches and processes this is the step's mean token loss, whatever the rows'
     lengths: a token of an 8k row weighs what a token of a 128k row does."""
+    teacher = _teacher(retention, batch, layout, varlen, device)
     if layout.size == 1:
         inputs = {
             k: v.to(device) if torch.is_tensor(v) else v for k, v in model_inputs(batch, varlen).items()
         }
-        if tiled:  # ZeRO-3: the head's weight is a shard, liger cannot fuse; slices of logits only
-            # through the engine's forward: ZeRO-3 counts micro-steps there (gradient accumulation)
+        if tiled or teacher is not None:  # ZeRO-3 (the head's weight is a shard, liger cannot fuse)
+            # or a retention term: slices of logits only; through the engine's forward, where
+            # ZeRO-3 counts micro-steps (gradient accumulation)
             return (
-                through_wrapper(model, unwrapped, lambda: causal_lm_loss_sum(unwrapped, inputs)[0])
+                through_wrapper(
+                    model, unwrapped, lambda: causal_lm_loss_sum(unwrapped, inputs, teacher=teacher)[0]
+                )
                 / step_tokens
             )
         return model(**inputs, num_items_in_batch=step_tokens).loss  # transformers: sum / num_items_in_batch
@@ -158,9 +163,45 @@ def _forward_loss(
     total = through_wrapper(
         model,
         unwrapped,
-        lambda: hidden_loss_sum(unwrapped, {**inputs, "use_cache": False}, part["shift_labels"]),
+        lambda: hidden_loss_sum(
+            unwrapped, {**inputs, "use_cache": False}, part["shift_labels"], teacher=teacher
+        ),
     )
     return sp.group_sum(total, sp.sp_group()) / step_tokens
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Short-context retention (``finetune`` ``retention``): on original-RoPE rows the loss adds
+    ``weight`` × KL(frozen starting model ‖ trained model) per counted token."""
+
+    model: torch.nn.Module
+    """The frozen starting model (compute dtype, eval mode, original RoPE), outside any engine."""
+    weight: float
+
+
+def _teacher(
+    retention: Retention | None, batch: dict, layout: sp.SPLayout, varlen: bool, device
+) -> Teacher | None:
+    """The frozen model's last hidden states on a short micro-batch, laid out as the trained
+    model's inputs (flattened under ``varlen``, this rank's slice under sequence parallelism).
+
+    The teacher runs on the whole rows with a block mask (``model_inputs(varlen=False)``), whatever
+    the trained model's attention: short rows are ≤ L, and a teacher outside the engine never
+    enters Ulysses' all-to-all."""
+    if retention is None or batch["row_kind"] != "original":
+        return None
+    inputs = model_inputs(batch, varlen=False)
+    inputs.pop("labels")
+    lm = causal_lm(retention.model)
+    with torch.no_grad():
+        hidden = lm.model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()})
+        hidden = hidden.last_hidden_state  # [batch, seq, h]
+    if varlen:
+        hidden = hidden.reshape(1, -1, hidden.shape[-1])
+    if layout.size > 1:
+        hidden = sp.shard_of(hidden, layout.rank, layout.size)
+    return Teacher(lm.lm_head, hidden, retention.weight)
 
 
 def _log(metrics_file: Path, record: dict, accelerator: Accelerator) -> None:
@@ -186,6 +227,7 @@ def train_loop(
     varlen: bool = False,
     sequence_parallel: int = 1,
     tiled_loss: bool = False,
+    retention: Retention | None = None,
 ) -> TrainResult:
     """``tiled_loss``: the loss from the model body's hidden states and ``lm_head`` a slice of
     tokens at a time (``train.tiled_loss``; ZeRO-3). Under sequence parallelism it always is."""
@@ -234,6 +276,7 @@ def train_loop(
                     counted.clamp(min=1),
                     tiled_loss,
                     unwrapped,
+                    retention,
                 )
                 if not torch.isfinite(loss):
                     raise TrainingError(

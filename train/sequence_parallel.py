@@ -97,15 +97,19 @@ def shard(batch: dict, rank: int, size: int, varlen: bool = False) -> dict:
 
         rows = flash_varlen_kwargs(batch)
         extra = {"varlen": {k: rows[k] for k in VARLEN_KEYS}}
-    chunk = rows["input_ids"].shape[1] // size
-    part = slice(rank * chunk, (rank + 1) * chunk)
     return {
-        "input_ids": rows["input_ids"][:, part],
-        "position_ids": rows["position_ids"][:, part],  # Ulysses all-gathers them back to global
-        "shift_labels": shift_labels(rows["labels"])[:, part],
+        "input_ids": shard_of(rows["input_ids"], rank, size),
+        "position_ids": shard_of(rows["position_ids"], rank, size),  # Ulysses all-gathers them back
+        "shift_labels": shard_of(shift_labels(rows["labels"]), rank, size),
         "row_kind": batch["row_kind"],  # the global row's kind: the factor set for every shard
         **extra,
     }
+
+
+def shard_of(tensor: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    """Rank ``rank``'s contiguous 1/size slice of ``tensor``'s sequence dimension (dim 1)."""
+    chunk = tensor.shape[1] // size
+    return tensor[:, rank * chunk : (rank + 1) * chunk]
 
 
 def segments_under_ulysses() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -71,28 +72,63 @@ def through_wrapper(wrapper: torch.nn.Module, module: torch.nn.Module, fn: Calla
             module.forward = saved
 
 
-def _slice_loss(head: torch.nn.Module, hidden: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Teacher:
+    """The frozen model a retention term keeps a row close to: its ``lm_head`` and its last
+    hidden states on the same tokens, laid out as the student's ([batch, seq, h])."""
+
+    head: torch.nn.Module
+    hidden: torch.Tensor
+    weight: float
+    """Weight of Σ KL(teacher ‖ student) over the counted tokens, added to Σ cross-entropy."""
+
+
+def _slice_loss(
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    shifted: torch.Tensor,
+    teacher_head: torch.nn.Module | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    weight: float = 0.0,
+) -> torch.Tensor:
     logits = head(hidden).float()  # [tokens / shards, vocab]: one slice only
-    return F.cross_entropy(
+    loss = F.cross_entropy(
         logits.view(-1, logits.shape[-1]), shifted.view(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
+    if teacher_head is None:
+        return loss
+    with torch.no_grad():  # the teacher's slice of logits, never a [tokens, vocab] tensor
+        target = F.log_softmax(teacher_head(teacher_hidden).float(), dim=-1)
+    per_token = (target.exp() * (target - F.log_softmax(logits, dim=-1))).sum(-1)
+    return loss + weight * per_token[shifted != IGNORE_INDEX].sum()
 
 
 def tiled_loss_sum(
-    head: torch.nn.Module, hidden: torch.Tensor, shifted: torch.Tensor, shards: int | None = None
+    head: torch.nn.Module,
+    hidden: torch.Tensor,
+    shifted: torch.Tensor,
+    shards: int | None = None,
+    teacher: Teacher | None = None,
 ):
     """Σ token losses of ``hidden`` [batch, seq, h] against ``shifted`` [batch, seq] (labels already
-    shifted: position i predicts ``shifted[i]``), ``shards`` slices of the tokens at a time."""
+    shifted: position i predicts ``shifted[i]``), ``shards`` slices of the tokens at a time; with a
+    ``teacher``, plus ``teacher.weight`` × Σ KL(teacher ‖ model) over the same counted tokens, the
+    teacher's logits taken slice by slice too."""
     from torch.utils.checkpoint import checkpoint
 
     shards = shards or shards_for(hidden.shape[0] * hidden.shape[1], vocab_of(head))
     flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), shifted.reshape(-1)
+    teacher_h = (
+        teacher.hidden.reshape(-1, teacher.hidden.shape[-1]).chunk(shards) if teacher else [None] * shards
+    )
+    extra = (teacher.head, teacher.weight) if teacher else (None, 0.0)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for h, y in zip(torch.chunk(flat_h, shards), torch.chunk(flat_y, shards)):
+    for h, y, t in zip(torch.chunk(flat_h, shards), torch.chunk(flat_y, shards), teacher_h):
+        args = (head, h, y) if teacher is None else (head, h, y, extra[0], t, extra[1])
         if torch.is_grad_enabled() and h.requires_grad:
-            total = total + checkpoint(_slice_loss, head, h, y, use_reentrant=False)
+            total = total + checkpoint(_slice_loss, *args, use_reentrant=False)
         else:
-            total = total + _slice_loss(head, h, y)
+            total = total + _slice_loss(*args)
     return total
 
 
@@ -101,20 +137,26 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def hidden_loss_sum(model: torch.nn.Module, inputs: dict, shifted: torch.Tensor, shards: int | None = None):
+def hidden_loss_sum(
+    model: torch.nn.Module,
+    inputs: dict,
+    shifted: torch.Tensor,
+    shards: int | None = None,
+    teacher: Teacher | None = None,
+):
     """Σ token losses of the causal LM's body on ``inputs`` (no labels) against ``shifted``
     [batch, seq], through ``lm_head`` a slice at a time (:func:`tiled_loss_sum`)."""
     lm = causal_lm(model)
     hidden = lm.model(**inputs).last_hidden_state  # [batch, seq, h]
-    return tiled_loss_sum(lm.lm_head, hidden, shifted.to(hidden.device), shards)
+    return tiled_loss_sum(lm.lm_head, hidden, shifted.to(hidden.device), shards, teacher)
 
 
 def causal_lm_loss_sum(
-    model: torch.nn.Module, inputs: dict, shards: int | None = None
+    model: torch.nn.Module, inputs: dict, shards: int | None = None, teacher: Teacher | None = None
 ) -> tuple[torch.Tensor, int]:
     """(Σ token losses, tokens counted) of a causal LM on ``inputs`` (``input_ids``, ``labels``,
     ``position_ids`` and attention kwargs), through its body and ``lm_head`` — transformers'
     loss (shift by one, ignore -100) without the full logits."""
     inputs = dict(inputs)
     shifted = shift_labels(inputs.pop("labels"))
-    return hidden_loss_sum(model, inputs, shifted, shards), int((shifted != IGNORE_INDEX).sum())
+    return hidden_loss_sum(model, inputs, shifted, shards, teacher), int((shifted != IGNORE_INDEX).sum())

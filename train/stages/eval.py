@@ -50,9 +50,10 @@ class Settings(Strict):
     samples: int = Field(2, gt=0)
     """Samples per (length, depth) cell for passkey / NIAH, per (task, length) for RULER."""
     depths: list[float] = [0.1, 0.5, 0.9]
-    seed: int = Field(0, ge=0, lt=10**9)
-    """Seed of the synthetic samples (passkey, NIAH, RULER): another seed draws other keys,
-    needles and depths; training documents never use these seeds (``TRAIN_SEED_BASE``)."""
+    seed: int | None = Field(None, ge=0, lt=10**9)
+    """Seed of the synthetic samples (passkey, NIAH, RULER; default: the recipe's): another seed
+    draws other keys, needles and depths; training documents never use these seeds
+    (``data.training_mix.TRAIN_SEED_BASE``)."""
     ppl_data: str = "kjv"
     """Perplexity documents: a demo corpus name, a .txt/.jsonl file or a folder of .txt."""
     ppl_docs: int = Field(3, gt=0)
@@ -77,7 +78,7 @@ class Settings(Strict):
 
 
 SETTINGS_FIELDS = (
-    "lengths", "depths", "seed", "samples", "ppl_data", "ppl_docs", "ppl_mode", "ppl_stride", "chunk_size", "ruler_tasks",
+    "lengths", "depths", "samples", "ppl_data", "ppl_docs", "ppl_mode", "ppl_stride", "chunk_size", "ruler_tasks",
     "qa_data", "max_new_tokens", "short_tasks", "num_fewshot", "short_limit", "long_tasks", "long_limit",
 )  # fmt: skip
 """The stage keys that are ``eval.tasks.EvalSettings`` fields of the same name."""
@@ -166,7 +167,8 @@ def run(stage, ctx) -> dict:
     out = ctx.stage_dir(stage.name)
     if ctx.accelerator.is_main_process:
         values = {key: getattr(stage, key) for key in SETTINGS_FIELDS}
-        settings = EvalSettings(**values, seed=ctx.recipe.seed, progress=True)
+        seed = ctx.recipe.seed if stage.seed is None else stage.seed
+        settings = EvalSettings(**values, seed=seed, progress=True)
         lines = stage.runs or [
             EvalRun(name=stage.name, model_from=stage.model_from, spec_from=stage.spec_from)
         ]

@@ -5,11 +5,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from longctx.train.schema import TrainStage, train_plan, window_errors
+from pydantic import Field
+
+from longctx.train.schema import Strict, TrainStage, train_plan, window_errors
 
 PRODUCES = frozenset({"model", "spec"})
 RESUMES_SCORES = False
 TRAINS = True
+
+
+class RetentionCfg(Strict):
+    """Short-context retention: on the original-RoPE rows the loss adds ``kl_weight`` × KL(frozen
+    starting model ‖ trained model) per counted token, the teacher's logits taken a slice of tokens
+    at a time through the tiled loss (``train.tiled_loss.Teacher``; no ``[tokens, vocab]`` tensor).
+    The teacher is a frozen copy of the stage's starting model (compute dtype, outside the engine:
+    one more model's weights per process) under the RoPE it was saved with."""
+
+    kl_weight: float = Field(gt=0)
 
 
 class Settings(TrainStage):
@@ -18,10 +30,16 @@ class Settings(TrainStage):
     kind: Literal["finetune"]
     spec_from: str | None = None
     """Stage whose RoPE spec to train with; default: the latest earlier spec-producing stage."""
+    retention: RetentionCfg | None = None
+    """Keep short rows close to the starting model (:class:`RetentionCfg`); None: plain LM loss."""
 
 
 def check(recipe, index: int, where: str) -> list[str]:
-    return window_errors(recipe, recipe.stages[index], where)
+    stage = recipe.stages[index]
+    lines = window_errors(recipe, stage, where)
+    if stage.retention is not None and not any(w.rope == "original" for w in stage.windows):
+        lines.append(f"{where}.retention: needs a window with rope: original (the rows it keeps close)")
+    return lines
 
 
 def plan(recipe, stage) -> str:
