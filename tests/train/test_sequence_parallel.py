@@ -110,13 +110,13 @@ def test_a_shard_with_no_valid_labels_adds_nothing():
 
 
 def _stage(
-    length: int = 2 * L, steps: int = 4, rows: int = 2, accum: int = 1, windows=None, lr: float = 1e-2
+    length: int = 2 * L, steps: int = 4, rows: int = 2, accum: int = 1, windows=None, lr: float = 1e-2,
+    retention: dict | None = None,
 ) -> list[dict]:
-    return [
-        {"name": "ft", "kind": "finetune", "steps": steps, "micro_batch_size": rows, "grad_accum": accum,
-         "lr": lr, "log_every": 1, "checkpoint_every": 2,
-         "windows": windows or [{"length": length, "share": 1.0, "rope": "rescaled"}]},
-    ]  # fmt: skip
+    stage = {"name": "ft", "kind": "finetune", "steps": steps, "micro_batch_size": rows, "grad_accum": accum,
+             "lr": lr, "log_every": 1, "checkpoint_every": 2,
+             "windows": windows or [{"length": length, "share": 1.0, "rope": "rescaled"}]}  # fmt: skip
+    return [{**stage, "retention": retention} if retention else stage]
 
 
 # with documents of ~40 tokens, rows of L and 2L pack several documents each
@@ -165,25 +165,28 @@ def short_docs(tmp_path_factory, tiny_corpus):
 
 
 @pytest.mark.parametrize(
-    ("accum", "windows"),
-    [(1, None), (2, None), (1, PACKED)],
-    ids=["one_micro_batch", "grad_accum_2", "packed"],
+    ("accum", "windows", "retention"),
+    [(1, None, None), (2, None, None), (1, PACKED, None), (1, PACKED, {"kl_weight": 2.0})],
+    ids=["one_micro_batch", "grad_accum_2", "packed", "packed_retention"],
 )
 def test_two_process_ulysses_equals_one_process(
-    accum, windows, tmp_path, tiny_corpus, short_docs, longrope_model
+    accum, windows, retention, tmp_path, tiny_corpus, short_docs, longrope_model
 ):
     """Rows of 2L split in two: shard 0 sees positions < L (the factor-choice trap) and attends
     to nothing of shard 1 unless DeepSpeed's all-to-all really runs — either would change the loss.
     ``grad_accum_2`` (2 micro-batches of 1 row against 1 of 2 rows): before, the loss bypassed
     ``DeepSpeedEngine.forward`` and ZeRO-3 kept only the last micro-batch's gradient (4.9e-2).
     ``packed`` (2 rows of several short documents): before, Ulysses dropped the document mask
-    and sdpa let the documents attend to each other; the 1-process run keeps them apart."""
+    and sdpa let the documents attend to each other; the 1-process run keeps them apart.
+    ``packed_retention``: the KL term's teacher runs on whole short rows and is sliced like the
+    shard (a teacher on the shard alone, or unsliced, would change the loss)."""
     corpus = short_docs if windows else tiny_corpus
     one = model_recipe(
-        tmp_path / "one.yaml", longrope_model, corpus, tmp_path / "one", _stage(windows=windows, lr=1e-3)
-    )
+        tmp_path / "one.yaml", longrope_model, corpus, tmp_path / "one",
+        _stage(windows=windows, lr=1e-3, retention=retention),
+    )  # fmt: skip
     run_cli(one)
-    stage = _stage(rows=2 // accum, accum=accum, windows=windows, lr=1e-3)
+    stage = _stage(rows=2 // accum, accum=accum, windows=windows, lr=1e-3, retention=retention)
     two = model_recipe(
         tmp_path / "two.yaml", longrope_model, corpus, tmp_path / "two", stage, sequence_parallel=2
     )
