@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 from longctx.data.errors import DataError
 from longctx.data.synthetic import RULER_TASKS, passkey_sample, ruler_sample
 
-SYNTHETIC_TASKS = ("passkey", *(t for t in RULER_TASKS if not t.startswith("qa_")))
-"""Tasks a training mix can generate (RULER's QA needs outside records)."""
+SYNTHETIC_TASKS = ("passkey", "kv_recall", *(t for t in RULER_TASKS if not t.startswith("qa_")))
+"""Tasks a training mix can generate (RULER's QA needs outside records); ``kv_recall`` is for
+training only (:func:`kv_recall_document`)."""
 
 TRAIN_SEED_BASE = 10**12
 """Training documents take their seeds from 10¹² up; every evaluation and search sample uses
@@ -83,24 +84,76 @@ def synthetic_documents(
     first = TRAIN_SEED_BASE + seed * 10**9 + (0 if short else length * 1_000_000)
     docs = []
     for i in range(count):
-        # one token short of the length, so the EOS never cuts the answer off
-        want, depth = rng.randint(length // 2, length - 1), rng.random()
+        # one token short of the length, so the EOS never cuts the answer off; ≤ L documents of
+        # every length from L/8 (a retrieval over a few tokens is learned first), long ones ½–1×
+        low = max(16, length // 8) if short else length // 2
+        want, depth = rng.randint(low, length - 1), rng.random()
         try:
-            sample = _sample(tokenizer, task, want, depth, first + i)
+            ids = _sample(tokenizer, task, want, depth, first + i)
         except DataError:  # shorter than the fixed prompt: use the longest length that fits
             try:
-                sample = _sample(tokenizer, task, length - 1, depth, first + i)
+                ids = _sample(tokenizer, task, length - 1, depth, first + i)
             except DataError as err:
                 raise DataError(
                     f"data.synthetic_mix: {task} documents do not fit in {length} tokens ({err})"
                 ) from None
         eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-        docs.append([*sample.input_ids, *eos])
+        docs.append([*ids, *eos])
     log(f"data: mixed in {count} synthetic {task} documents of <= {length} tokens")
     return docs
 
 
-def _sample(tokenizer, task: str, length: int, depth: float, seed: int):
+def _sample(tokenizer, task: str, length: int, depth: float, seed: int) -> list[int]:
     if task == "passkey":
-        return passkey_sample(tokenizer, length=length, depth=depth, seed=seed)
-    return ruler_sample(task, tokenizer, length, seed)  # RULER draws its own needle depths
+        return passkey_sample(tokenizer, length=length, depth=depth, seed=seed).input_ids
+    if task == "kv_recall":
+        return kv_recall_document(tokenizer, length, seed)
+    return ruler_sample(task, tokenizer, length, seed).input_ids  # RULER draws its own needle depths
+
+
+KV_FORMATS = (
+    ("One of the special magic numbers for {key} is: {value}.",
+     "What is the special magic number for {key}? The special magic number for {key} is {value}."),
+    ("The pass key of {key} is {value}. Remember it.",
+     "What is the pass key of {key}? The pass key of {key} is {value}."),
+)  # fmt: skip
+"""Needle and question of a :func:`kv_recall_document`, in the wording of RULER's niah and of the
+passkey prompt (values: 5 or 7 digits, or a uuid)."""
+
+
+def kv_recall_document(tokenizer, length: int, seed: int) -> list[int]:
+    """A dense retrieval document of at most ``length`` tokens: up to 8 needles (a word key, a
+    value; as many as fit in 60 % of it), then questions about some of them in another order,
+    each answered — many retrievals per
+    document where a passkey or niah sample has one (training only)."""
+    import uuid
+
+    from longctx.data.haystack import bos_ids, encode
+    from longctx.data.needle import draw_keys, draw_values
+    from longctx.data.ruler_niah import encode_many
+
+    rng = random.Random(f"kv_recall:{seed}")
+    needle, question = rng.choice(KV_FORMATS)
+    n = rng.randint(2, 8)
+    keys = draw_keys(rng, n)
+    kind = rng.choice(["5", "7", "uuid"])
+    values = (
+        [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in keys]
+        if kind == "uuid"
+        else draw_values(rng, n, digits=int(kind))
+    )
+    lines = encode_many(tokenizer, [" " + needle.format(key=k, value=v) for k, v in zip(keys, values)])
+    ids = bos_ids(tokenizer)
+    for i, line in enumerate(lines):  # needles while they leave room for questions (≥ 1 needle)
+        if i and len(ids) + len(line) > 0.6 * length:
+            n = i
+            break
+        ids += line
+    for i in rng.sample(range(n), rng.randint(1, n)):
+        more = encode(tokenizer, " " + question.format(key=keys[i], value=values[i]))
+        if len(ids) + len(more) > length:
+            break
+        ids += more
+    if len(ids) > length:
+        raise DataError(f"kv_recall: {n} needles take {len(ids)} tokens; expected ≤ {length}")
+    return ids

@@ -180,9 +180,41 @@ def _short_table(results: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _summary(results: dict) -> list[str]:
+    """The last run (a chain's final model) against every other run, at the shortest length (L in
+    a recipe's eval) and its 8× and 16×: perplexity and passkey, then the ppl ratio to the first
+    run (the base) at L. Empty with fewer than two runs or neither task."""
+    ppl, passkey = _series(results, "ppl"), _series(results, "passkey")
+    runs = [run["name"] for run in results["runs"]]
+    lengths = sorted({n for s in (*ppl.values(), *passkey.values()) for n in s})
+    if len(runs) < 2 or not lengths:
+        return []
+    L = lengths[0]
+    shown = [n for n in (L, 8 * L, 16 * L) if n in lengths] or lengths[:1]
+    cols = [(name, task, n) for n in shown for name, task in (("ppl", ppl), ("passkey %", passkey)) if task]
+    head = runs[-1]
+    lines = [
+        "## Summary",
+        "",
+        f"**{head}** (the last run) against the others at L = {_num(L)}"
+        + "".join(f", {_num(n)} ({_num(n / L)}×)" for n in shown[1:])
+        + ":",
+        "",
+        "| run | " + " | ".join(f"{c} @ {_num(n)}" for c, _, n in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for run in [head, *runs[:-1]]:
+        cells = [_fmt(task.get(run, {}).get(n), 2 if c == "ppl" else 0) for c, task, n in cols]
+        lines.append(f"| {'**' + run + '**' if run == head else run} | " + " | ".join(cells) + " |")
+    first = ppl.get(runs[0], {}).get(L)
+    if first and ppl.get(head, {}).get(L):
+        lines += ["", f"ppl at L: {ppl[head][L] / first:.3f}× the {runs[0]} run's."]
+    return [*lines, ""]
+
+
 def markdown_report(results: dict) -> str:
-    """The markdown tables of every task present in ``results``."""
-    lines = ["# Evaluation report", ""]
+    """The markdown tables of every task present in ``results``, a summary first."""
+    lines = ["# Evaluation report", "", *_summary(results)]
     for run in results["runs"]:
         view = _ruler_view(run["tasks"].get("ruler") or {})
         lines.append(

@@ -109,3 +109,29 @@ def test_cli_rejects_bad_arguments(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(checkpoint), "--tasks", "ppl,bogus", "--lengths", "64", "--out", str(tmp_path)])
     assert "--tasks: unknown ['bogus']" in capsys.readouterr().err
+
+
+def test_summary_puts_the_last_run_against_the_others_at_L_8x_and_16x():
+    def run(name, ppl, passkey):
+        return {"name": name, "model": "m", "spec": None,
+                "tasks": {"ppl": {"by_length": {n: {"ppl": v} for n, v in ppl.items()}},
+                          "passkey": {"by_length": passkey}}}  # fmt: skip
+
+    results = {"lengths": [128, 512, 1024, 2048], "runs": [
+        run("base", {128: 50.0, 1024: 900.0, 2048: 2000.0}, {128: 100.0, 1024: 0.0, 2048: 0.0}),
+        run("yarn", {128: 52.0, 1024: 80.0, 2048: 150.0}, {128: 100.0, 1024: 25.0, 2048: 0.0}),
+        run("chain", {128: 51.0, 1024: 60.0, 2048: 70.0}, {128: 100.0, 1024: 100.0, 2048: 75.0}),
+    ]}  # fmt: skip
+    md = markdown_report(json.loads(json.dumps(results)))
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "**chain** (the last run) against the others at L = 128, 1024 (8×), 2048 (16×):" in summary
+    assert (
+        "| run | ppl @ 128 | passkey % @ 128 | ppl @ 1024 | passkey % @ 1024 | ppl @ 2048 | passkey % @ 2048 |"
+        in summary
+    )
+    rows = [line for line in summary.splitlines() if line.startswith("| ")][1:]
+    assert rows[0] == "| **chain** | 51.00 | 100 | 60.00 | 100 | 70.00 | 75 |"
+    assert rows[2] == "| yarn | 52.00 | 100 | 80.00 | 25 | 150.00 | 0 |"
+    assert "ppl at L: 1.020× the base run's." in summary
+    assert "512" not in summary  # only L, 8× and 16×
+    assert "## Summary" not in markdown_report({"lengths": [128], "runs": results["runs"][:1]})

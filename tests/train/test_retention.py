@@ -76,7 +76,12 @@ def _step(model, batches, tmp_path, name, retention=None):
     )  # fmt: skip
     (tmp_path / name).mkdir()
     return train_loop(
-        model, lambda start: iter(batches[start:]), cfg, tmp_path / name, make_accelerator(), retention=retention
+        model,
+        lambda start: iter(batches[start:]),
+        cfg,
+        tmp_path / name,
+        make_accelerator(),
+        retention=retention,
     )
 
 
@@ -145,7 +150,9 @@ def test_retention_with_lora_runs_the_real_stage(tmp_path, tiny_corpus, longrope
         path = model_recipe(tmp_path / f"{name}.yaml", longrope_model, tiny_corpus, tmp_path / name,
                             [_ft(retention, MIXED, lora=lora)])  # fmt: skip
         proc = run_cli(path)
-        assert ("retention: KL to the frozen starting model" in proc.stderr + proc.stdout) == (retention is not None)
+        assert ("retention: KL to the frozen starting model" in proc.stderr + proc.stdout) == (
+            retention is not None
+        )
         lines = (tmp_path / name / "ft" / "metrics.jsonl").read_text().splitlines()
         runs[name] = [json.loads(line)["loss"] for line in lines]
     # the first step starts at KL 0: same loss as without the term (LoRA's B = 0 at init); later

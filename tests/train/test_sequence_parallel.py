@@ -110,7 +110,12 @@ def test_a_shard_with_no_valid_labels_adds_nothing():
 
 
 def _stage(
-    length: int = 2 * L, steps: int = 4, rows: int = 2, accum: int = 1, windows=None, lr: float = 1e-2,
+    length: int = 2 * L,
+    steps: int = 4,
+    rows: int = 2,
+    accum: int = 1,
+    windows=None,
+    lr: float = 1e-2,
     retention: dict | None = None,
 ) -> list[dict]:
     stage = {"name": "ft", "kind": "finetune", "steps": steps, "micro_batch_size": rows, "grad_accum": accum,
