@@ -189,17 +189,23 @@ def truncated_rows(
     A document qualifies when it has at least ``length`` tokens of its own (BOS not counted),
     so every row is exactly ``length`` tokens and shorter documents never pad the average.
     """
-    rows = []
+    return [doc[:length] for doc in qualifying_documents(documents, length, bos_id=bos_id, max_docs=max_docs)]
+
+
+def qualifying_documents(
+    documents: Sequence[Sequence[int]], length: int, *, bos_id: int | None, max_docs: int | None = None
+) -> list[list[int]]:
+    """The documents a perplexity at ``length`` measures, in order, BOS prepended: those with at
+    least ``length`` tokens of their own (BOS not counted). Both modes use exactly these."""
+    out = []
     for doc in documents:
         doc = list(doc)
         if len(doc) < length:
             continue
-        if bos_id is not None and doc[0] != bos_id:
-            doc = [bos_id, *doc]
-        rows.append(doc[:length])
-        if max_docs is not None and len(rows) == max_docs:
+        out.append([bos_id, *doc] if bos_id is not None and doc[0] != bos_id else doc)
+        if max_docs is not None and len(out) == max_docs:
             break
-    return rows
+    return out
 
 
 def sliding_windows(
@@ -245,13 +251,10 @@ def perplexity_at_lengths(
         raise ValueError(f"perplexity_at_lengths: mode={mode!r}; expected 'truncate' or 'sliding'")
     out = {}
     for length in tqdm(list(lengths), desc="ppl lengths", disable=not progress):
-        rows = truncated_rows(documents, length, bos_id=bos_id, max_docs=max_docs)
-        n_docs = len(rows)
-        masks = None
-        if mode == "sliding" and rows:
-            long_docs = [d if bos_id is None or d[0] == bos_id else [bos_id, *d] for d in documents]
-            long_docs = [d for d in long_docs if len(d) >= length][:n_docs]
-            pairs = [sliding_windows(d, length, stride) for d in long_docs]
+        docs = qualifying_documents(documents, length, bos_id=bos_id, max_docs=max_docs)
+        n_docs, rows, masks = len(docs), [d[:length] for d in docs], None
+        if mode == "sliding" and docs:
+            pairs = [sliding_windows(d, length, stride) for d in docs]
             rows = [w for windows, _ in pairs for w in windows]
             masks = [m for _, ms in pairs for m in ms]
         nll = nll_per_sample(model, rows, loss_mask=masks, chunk_size=chunk_size, progress=progress)

@@ -96,10 +96,13 @@ def _has(module: str) -> bool:
 
 def _check_same_config(stage, stage_dir: Path, recipe_file: Path, *, complete: bool = True) -> None:
     """A completed stage is reused, and an interrupted search resumed, only with the same settings.
-    A key its config.json lacks counts as None: a setting added to the schema later, left unset,
-    keeps the stages that earlier versions completed."""
+    A key its config.json lacks counts as that setting's default: a setting added to the schema
+    later, left at its default, keeps the stages that earlier versions completed."""
     saved = json.loads((stage_dir / "config.json").read_text())
     current = stage.model_dump(mode="json")
+    for key, field in type(stage).model_fields.items():
+        if key not in saved and not field.is_required():
+            saved[key] = json.loads(json.dumps(field.get_default(call_default_factory=True), default=str))
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if keys:
         how = "completed" if complete else "started (its scores would be reused)"

@@ -172,3 +172,15 @@ def test_bfloat16_model_upcasts_like_hf():
     m = tiny_model(tiny_config("llama", vocab_size=128, max_position_embeddings=L)).to(torch.bfloat16)
     rows = _rows([90], seed=7)
     assert perplexity(m, rows, chunk_size=20) == pytest.approx(_naive_ppl(m, rows), rel=1e-4)
+
+
+def test_truncate_and_sliding_measure_the_same_documents():
+    """A document one token short of the length (its BOS would make it long enough) qualifies in
+    neither mode; before, sliding mode counted it and dropped a later qualifying one."""
+    from longctx.eval.perplexity import qualifying_documents, sliding_windows, truncated_rows
+
+    short_by_one, a, b = list(range(3, 10)), list(range(10, 30)), list(range(30, 50))
+    docs = qualifying_documents([short_by_one, a, b], 8, bos_id=1, max_docs=2)
+    assert docs == [[1, *a], [1, *b]]
+    assert truncated_rows([short_by_one, a, b], 8, bos_id=1, max_docs=2) == [d[:8] for d in docs]
+    assert sliding_windows(docs[0], 8, 4)[0][0] == docs[0][:8]

@@ -116,3 +116,21 @@ def test_a_setting_added_later_keeps_stages_completed_before_it(tmp_path):
     changed = stage.model_copy(update={"attention_factor": 1.0})
     with pytest.raises(RecipeError, match=r"\(attention_factor differ\)"):
         _check_same_config(changed, tmp_path, tmp_path / "r.yaml")
+
+
+def test_a_setting_added_later_with_a_non_none_default_keeps_completed_stages(tmp_path):
+    """Before: a missing key counted as None, so a later setting whose default is not None (a
+    readjust's ``balance_points: 9``) made every earlier completed stage "differ"."""
+    import pytest
+
+    from longctx.train.load import RecipeError
+    from longctx.train.run import _check_same_config
+    from longctx.train.stages.readjust import Settings
+
+    stage = Settings(kind="readjust", name="r", target_length=64)
+    saved = stage.model_dump(mode="json")
+    del saved["balance_points"], saved["retrieval_weight"]  # defaults 9 and 1.0
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    _check_same_config(stage, tmp_path, tmp_path / "r.yaml")
+    with pytest.raises(RecipeError, match=r"\(balance_points differ\)"):
+        _check_same_config(stage.model_copy(update={"balance_points": 5}), tmp_path, tmp_path / "r.yaml")
