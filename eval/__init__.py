@@ -14,12 +14,27 @@
   and a recipe's eval stage.
 
 Layering: imports ``rope`` and ``data``, never ``train``. (``perplexity`` itself is not
-re-exported here: the name would shadow the ``eval.perplexity`` module.)
+re-exported here: the name would shadow the ``eval.perplexity`` module.) The names below load
+on first use, so ``eval.settings`` (read by a recipe's schema) imports no torch.
 """
 
-from longctx.eval.models import load_model_for_eval
-from longctx.eval.perplexity import iter_nll, nll_per_sample, perplexity_at_lengths
-from longctx.eval.tasks import EVAL_TASKS, EvalSettings
+import importlib
+
+_EXPORTS = {
+    "EVAL_TASKS": "longctx.eval.tasks",
+    "EvalSettings": "longctx.eval.settings",
+    "iter_nll": "longctx.eval.perplexity",
+    "load_model_for_eval": "longctx.eval.models",
+    "nll_per_sample": "longctx.eval.perplexity",
+    "perplexity_at_lengths": "longctx.eval.perplexity",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'longctx.eval' has no attribute {name!r}")
+
 
 __all__ = [
     "EVAL_TASKS",

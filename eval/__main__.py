@@ -32,7 +32,8 @@ from longctx.data.errors import DataError
 from longctx.errors import LongctxError
 from longctx.eval.driver import Run, evaluate
 from longctx.eval.models import DTYPES, EvalTarget, load_model_for_eval, load_spec
-from longctx.eval.tasks import DEFAULT_DEPTHS, EVAL_TASKS, EvalSettings, check_task_inputs
+from longctx.eval.settings import EvalSettings, default
+from longctx.eval.tasks import EVAL_TASKS, check_task_inputs
 from longctx.rope.errors import RopeExportError, RopeSpecError, UnsupportedArchitectureError
 
 
@@ -81,15 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=_names, default=["ppl"], help=f"comma list of {', '.join(EVAL_TASKS)}")
     p.add_argument("--lengths", type=_ints, required=True, help="comma list of context lengths in tokens")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--depths", type=_floats, default=list(DEFAULT_DEPTHS), help="needle depths in [0, 1]")
+    p.add_argument("--depths", type=_floats, default=default("depths"), help="needle depths in [0, 1]")
     p.add_argument(
-        "--samples", type=int, default=1, help="samples per cell (length × depth or task × length)"
+        "--samples",
+        type=int,
+        default=default("samples"),
+        help="samples per cell (length × depth or task × length)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ppl-data", default="kjv", help="demo corpus name, .txt/.jsonl file or folder of .txt")
-    p.add_argument("--ppl-docs", type=int, default=5, help="documents per length")
-    p.add_argument("--ppl-mode", choices=["truncate", "sliding"], default="truncate")
-    p.add_argument("--ppl-stride", type=int, default=256, help="sliding-window stride")
+    p.add_argument("--seed", type=int, default=default("seed"))
+    p.add_argument(
+        "--ppl-data", default=default("ppl_data"), help="demo corpus name, .txt/.jsonl file or folder of .txt"
+    )
+    p.add_argument("--ppl-docs", type=int, default=default("ppl_docs"), help="documents per length")
+    p.add_argument("--ppl-mode", choices=["truncate", "sliding"], default=default("ppl_mode"))
+    p.add_argument("--ppl-stride", type=int, default=default("ppl_stride"), help="sliding-window stride")
     p.add_argument("--chunk-size", type=int, default=None, help="LM-head positions per chunk")
     p.add_argument("--ruler-tasks", type=_names, default=None, help="comma list (default: all)")
     p.add_argument(

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from longctx.eval.settings import default
 from longctx.train.schema import Strict
 
 PRODUCES = frozenset()
@@ -35,7 +36,8 @@ class EvalRun(Strict):
 
 
 class Settings(Strict):
-    """Every setting of ``longctx eval`` (``eval.tasks.EvalSettings``), reachable from a recipe."""
+    """Every setting of ``longctx eval`` (``eval.settings.EvalSettings``), reachable from a recipe,
+    with its defaults."""
 
     kind: Literal["eval"]
     name: str
@@ -47,19 +49,19 @@ class Settings(Strict):
     """The lines of the comparison; empty: one run of this stage's model and spec."""
     target_length: int | None = Field(None, gt=0)
     """L' the baselines are built for; default: the longest evaluated length."""
-    samples: int = Field(2, gt=0)
+    samples: int = Field(default("samples"), gt=0)
     """Samples per (length, depth) cell for passkey / NIAH, per (task, length) for RULER."""
-    depths: list[float] = [0.1, 0.5, 0.9]
+    depths: list[float] = Field(default_factory=lambda: default("depths"))
     seed: int | None = Field(None, ge=0, lt=10**9)
     """Seed of the synthetic samples (passkey, NIAH, RULER; default: the recipe's): another seed
     draws other keys, needles and depths; training documents never use these seeds
     (``data.training_mix.TRAIN_SEED_BASE``)."""
-    ppl_data: str = "kjv"
+    ppl_data: str = default("ppl_data")
     """Perplexity documents: a demo corpus name, a .txt/.jsonl file or a folder of .txt."""
-    ppl_docs: int = Field(3, gt=0)
-    ppl_mode: Literal["truncate", "sliding"] = "truncate"
+    ppl_docs: int = Field(default("ppl_docs"), gt=0)
+    ppl_mode: Literal["truncate", "sliding"] = default("ppl_mode")
     """truncate: the first N tokens of each document; sliding: windows of N with ``ppl_stride``."""
-    ppl_stride: int = Field(256, gt=0)
+    ppl_stride: int = Field(default("ppl_stride"), gt=0)
     chunk_size: int | None = Field(None, gt=0)
     """LM-head positions per chunk of the perplexity loss (default: the module's)."""
     ruler_tasks: list[str] | None = None
