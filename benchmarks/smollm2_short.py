@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
@@ -62,6 +61,7 @@ from pathlib import Path
 import torch
 
 from longctx.checkout import checkout_root
+from longctx.eval.measure import MeasurementCache, digest, rope_fingerprint
 from longctx.eval.passkey import passkey_eval, passkey_samples
 from longctx.eval.perplexity import perplexity_at_lengths, truncated_rows
 from longctx.eval.scorer import build_scorer
@@ -69,8 +69,7 @@ from longctx.rope import RopeSpec, apply_rope, factor_set, to_hf_config
 from longctx.rope.attention_policy import METHODS as POLICY_METHODS
 from longctx.rope.attention_policy import balance_attention_factor, with_attention_policy
 from longctx.rope.errors import RopeExportError, RopeSpecError
-from longctx.rope.files import append_line, read_jsonl, write_text_atomic
-from longctx.rope.install import ANGLE_FP64_FROM
+from longctx.rope.files import write_text_atomic
 from longctx.rope.search import LongRoPE2Config, run_search, to_spec
 
 ROOT = checkout_root(purpose="benchmarks")
@@ -162,55 +161,6 @@ class Missing(Exception):
     """A lookup-only measurement that the memo does not hold yet."""
 
 
-# ----- the memo --------------------------------------------------------------------------------
-class Memo:
-    """Append-only JSONL of measurements, one record per key; a line torn by a kill is dropped
-    (and cut from the file, so the next append starts on a line of its own)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.records: dict[str, dict] = dict(
-            read_jsonl(self.path, lambda rec: (rec["key"], rec), repair=True)
-        )
-        self.computed = 0
-        """Measurements computed by this process (the rest were answered from the file)."""
-
-    def get(self, key: str) -> dict | None:
-        return self.records.get(key)
-
-    def put(self, record: dict) -> None:
-        append_line(self.path, json.dumps(record, sort_keys=True))
-        self.records[record["key"]] = record
-        self.computed += 1
-
-    def seconds(self) -> float:
-        return sum(r.get("seconds", 0.0) for r in self.records.values())
-
-
-def rope_fingerprint(spec: RopeSpec, length: int) -> dict:
-    """What the installed RoPE computes at ``length``: the short set at ≤ L, the long set above
-    (inverse frequencies hashed bit for bit, attention factor, n̂ there, DPE's parameters)."""
-    use_long = length > spec.original_length
-    freqs = spec.frequencies(seq_len=length) if spec.method == "dynamic" else spec.frequencies()
-    inv = (freqs.long_inv_freq if use_long else freqs.short_inv_freq).detach().to("cpu", torch.float32)
-    out = {
-        "set": "long" if use_long else "short",
-        "inv_freq": hashlib.sha256(inv.contiguous().numpy().tobytes()).hexdigest()[:32],
-        "attention_factor": float(freqs.long_attention_factor if use_long else freqs.short_attention_factor),
-    }
-    if use_long and spec.n_hat:
-        out["n_hat"] = spec.n_hat
-    if spec.method == "dpe":
-        out["dpe"] = json.loads(json.dumps(spec.params, default=list))
-    if max(spec.target_length, spec.original_length) > ANGLE_FP64_FROM:
-        out["angles"] = "float64"
-    return out
-
-
-def _sha(data) -> str:
-    return hashlib.sha256(json.dumps(data, separators=(",", ":")).encode()).hexdigest()[:32]
-
-
 # ----- the model and documents -------------------------------------------------------------------
 @dataclass
 class Setup:
@@ -294,7 +244,7 @@ class Setup:
             )
         return self._inputs[key]
 
-    def input_sha(self, measure: str, length: int, docs: str) -> str:
+    def inputdigest(self, measure: str, length: int, docs: str) -> str:
         key = ("sha", measure, length, docs)
         if key not in self._inputs:
             if measure == "ppl":
@@ -302,7 +252,7 @@ class Setup:
             else:
                 data = [[s.input_ids, s.prompt_len, list(s.answers)] for s in self.passkey(length)]
                 data.append(self.max_new_tokens)
-            self._inputs[key] = _sha(data)
+            self._inputs[key] = digest(data)
         return self._inputs[key]
 
 
@@ -473,7 +423,7 @@ class Bench:
             raise SystemExit(f"--search-dtype {search_dtype!r}: expected one of {', '.join(DTYPES)}")
         self.setup = setup
         self.out = Path(out)
-        self.memo = Memo(self.out / MEMO_FILE)
+        self.memo = MeasurementCache(self.out / MEMO_FILE)
         self.search_dtype = search_dtype
         self.budget = budget
         self.progress = progress
@@ -485,10 +435,10 @@ class Bench:
             "dtype": dtype,
             "measure": measure,
             "length": length,
-            "inputs": self.setup.input_sha(measure, length, docs),
+            "inputs": self.setup.inputdigest(measure, length, docs),
             "rope": rope_fingerprint(spec, length),
         }
-        return _sha(material), material
+        return digest(material), material
 
     def measure(
         self, spec: RopeSpec, measure: str, length: int, *, docs: str = "eval", dtype: str = "float32",
@@ -526,7 +476,7 @@ class Bench:
             "key": key, **material, "docs": docs, "value": value, "seconds": round(time.perf_counter() - start, 3),
             "spec": spec.to_dict(), **extra,
         }  # fmt: skip
-        self.memo.put(record)
+        self.memo.put(key, record)
         return record
 
     def scorer(self, length: int, dtype: str, *, compute: bool = True) -> Callable:
@@ -554,7 +504,7 @@ class Bench:
                         "key": key, **material, "docs": "search", "value": value,
                         "seconds": round(time.perf_counter() - start, 3), "spec": spec.to_dict(),
                     }  # fmt: skip
-                    self.memo.put(rec)
+                    self.memo.put(key, rec)
                     log(f"score {dtype} ppl@{length} (search docs) = {value:.4f} ({rec['seconds']:.1f} s)")
                 values.append(rec["value"])
             return values

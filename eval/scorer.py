@@ -10,7 +10,10 @@ Objectives (lower is better):
 Each candidate is installed with ``rope.apply_rope`` and scored under an explicit
 ``rope.factor_set`` ("long" for extension, "short" for short-context readjustment), with
 eval's chunked perplexity, so a score is exactly ``eval.perplexity.perplexity`` of the same
-spec. Scores are cached by the spec's rounded factors. A spec the model cannot take
+spec. Scores go through the one measurement cache (``eval.measure``), keyed by the model,
+the samples, the objective and the rotary the spec computes (:func:`eval.measure.rope_fingerprint`
+under the scorer's factor set): specs that compute the same rotary share a score, and with a
+file-backed cache a rerun re-scores nothing. A spec the model cannot take
 (wrong rotary dim or base) is rejected before any forward pass.
 
 Early abandonment (optional, ``abandon_margin``): the search passes ``cut``, the score a
@@ -23,7 +26,6 @@ the margin keeps it conservative; abandoned scores are not cached by the scorer.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
@@ -39,15 +41,6 @@ FACTOR_SETS = ("long", "short")
 
 class ScorerError(LongctxError, ValueError):
     """Bad scorer input, raised before any model work."""
-
-
-def spec_key(spec: RopeSpec) -> str:
-    """Cache key: the spec with factors rounded to the search grid (0.01)."""
-    data = spec.to_dict()
-    for name in ("long_factor", "short_factor"):
-        if data[name] is not None:
-            data[name] = [round(v, 2) for v in data[name]]
-    return json.dumps(data, sort_keys=True, default=str)
 
 
 def _check_samples(samples, objective: str) -> list:
@@ -71,7 +64,19 @@ def _check_samples(samples, objective: str) -> list:
 class Scorer:
     """Callable ``scorer(specs, cut=None) -> list[float]``; see the module docstring."""
 
-    def __init__(self, model, samples, objective, factor_set_name, abandon_margin, min_samples, **nll_kwargs):
+    def __init__(
+        self,
+        model,
+        samples,
+        objective,
+        factor_set_name,
+        abandon_margin,
+        min_samples,
+        cache=None,
+        **nll_kwargs,
+    ):
+        from longctx.eval.measure import MeasurementCache, inputs_fingerprint, model_fingerprint
+
         self.model = model
         self.samples = samples
         self.objective = objective
@@ -79,7 +84,12 @@ class Scorer:
         self.abandon_margin = abandon_margin
         self.min_samples = min_samples
         self.nll_kwargs = nll_kwargs
-        self.cache: dict[str, float] = {}
+        self.cache = cache if cache is not None else MeasurementCache()
+        self._identity = {
+            "measure": f"score:{objective}",
+            "model": model_fingerprint(model),
+            "inputs": inputs_fingerprint(samples),
+        }
         self.forwards = 0
         """Samples run through the model so far (cost accounting; early abandonment lowers it)."""
         self.abandoned = 0
@@ -99,10 +109,18 @@ class Scorer:
             if previous is not None:
                 apply_rope(self.model, previous)
 
+    def key(self, spec: RopeSpec) -> str:
+        """The measurement key of ``spec``'s score (see the module docstring)."""
+        from longctx.eval.measure import MeasurementCache, rope_fingerprint
+
+        length = max(len(s.input_ids) if isinstance(s, SyntheticSample) else len(s) for s in self.samples)
+        return MeasurementCache.key(**self._identity, rope=rope_fingerprint(spec, length, self.factor_set))
+
     def _score(self, spec: RopeSpec, cut: float | None) -> float:
-        key = spec_key(spec)
-        if key in self.cache:
-            return self.cache[key]
+        key = self.key(spec)
+        found = self.cache.get(key)
+        if found is not None:
+            return found["value"]
         apply_rope(self.model, spec)
         limit = None
         if cut is not None and self.abandon_margin is not None and math.isfinite(cut):
@@ -116,7 +134,7 @@ class Scorer:
                     self.abandoned += 1
                     return math.exp(total / count)
         value = math.exp(total / count) if count else math.inf
-        self.cache[key] = value
+        self.cache.put(key, {"value": value, "spec": spec.to_dict(), "factor_set": self.factor_set})
         return value
 
 
@@ -130,10 +148,12 @@ def build_scorer(
     min_samples: int = 1,
     chunk_size: int | None = None,
     batch_size: int = 1,
+    cache=None,
 ) -> Scorer:
     """A search objective over ``samples`` (token rows for ``ppl``; needle samples for
     ``needle_ppl``), scoring each spec under ``factor_set`` ("long", or "short" for
-    readjustment). All arguments are checked here, before any forward pass."""
+    readjustment). ``cache``: an ``eval.measure.MeasurementCache`` (default: one in memory).
+    All arguments are checked here, before any forward pass."""
     samples = _check_samples(samples, objective)
     if factor_set not in FACTOR_SETS:
         raise ScorerError(f"factor_set: expected one of {FACTOR_SETS}, got {factor_set!r}")
@@ -148,6 +168,7 @@ def build_scorer(
         factor_set,
         abandon_margin,
         min_samples,
+        cache=cache,
         chunk_size=chunk_size,
         batch_size=batch_size,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -67,12 +68,35 @@ def test_needle_objective_counts_answer_tokens_only(model):
         assert score == pytest.approx(perplexity(model, rows, loss_mask=masks), rel=1e-9)
 
 
-def test_cache_serves_repeated_candidates_without_forwards(model):
+def test_cache_is_keyed_by_the_rotary_the_spec_computes(model):
+    """One measurement cache (``eval.measure``): a spec computing the same rotary under the
+    scorer's factor set is served (its short factors do not matter to a long-set score); a
+    spec off by 1e-4 is not the same rotary and is scored (before: rounded to 0.01, served)."""
     scorer = build_scorer(model, _rows(2))
     first = scorer([_spec(), _spec([2.0] * 8)])
     forwards = scorer.forwards
-    assert scorer([_spec([1.0 + 0.4 * i + 1e-4 for i in range(8)])]) == first[:1]  # same on the grid
+    assert scorer([_spec(short_factor=[1.5] * 8)]) == first[:1]
     assert scorer.forwards == forwards
+    scorer([_spec([1.0 + 0.4 * i + 1e-4 for i in range(8)])])
+    assert scorer.forwards == forwards + 2
+
+
+def test_a_file_backed_cache_serves_a_new_scorer_in_another_process(model, tmp_path):
+    from longctx.eval.measure import MeasurementCache
+
+    path = tmp_path / "measurements.jsonl"
+    first = build_scorer(model, _rows(2), cache=MeasurementCache(path))([_spec(), _spec([2.0] * 8)])
+    again = build_scorer(model, _rows(2), cache=MeasurementCache(path))
+    assert again([_spec(), _spec([2.0] * 8)]) == first and again.forwards == 0
+    other_rows = build_scorer(model, _rows(2, seed=1), cache=MeasurementCache(path))
+    other_rows([_spec()])
+    assert other_rows.forwards == 2  # other inputs: another measurement
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        tuned.lm_head.weight.add_(1e-3)
+    changed = build_scorer(tuned, _rows(2), cache=MeasurementCache(path))
+    changed([_spec()])
+    assert changed.forwards == 2  # other weights: another model
 
 
 def test_invalid_candidates_rejected_before_any_forward(model):

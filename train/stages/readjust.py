@@ -117,7 +117,9 @@ def _objective(stage, ctx, model, template, scorer):
             f"[{stage.name}] passkey at L={stage.target_length}: {gate['accuracy']:.0f} %; retrieval term left out"
         )
         return scorer, {"retrieval_gate": gate}
-    needles = build_scorer(model, _retrieval_samples(stage, ctx), "needle_ppl", factor_set="short")
+    needles = build_scorer(
+        model, _retrieval_samples(stage, ctx), "needle_ppl", factor_set="short", cache=scorer.cache
+    )
     ppl0, needle0 = scorer([template])[0], needles([template])[0]
     w = stage.retrieval_weight
 
@@ -172,9 +174,9 @@ def _attention_policy(stage, ctx, model, spec, scorer):
     short = (
         scorer
         if stage.objective == "ppl"
-        else build_scorer(model, rows(stage.target_length), "ppl", factor_set="short")
+        else build_scorer(model, rows(stage.target_length), "ppl", factor_set="short", cache=scorer.cache)
     )
-    long = build_scorer(model, long_rows, "ppl", factor_set="long")
+    long = build_scorer(model, long_rows, "ppl", factor_set="long", cache=scorer.cache)
     chosen, table = balance_attention_factor(
         spec, short, long, points=stage.balance_points, short_tolerance=stage.short_tolerance
     )

@@ -123,11 +123,16 @@ def setup(stage, ctx, factor_set: str) -> SearchSetup:
     of ``factor_set`` ("long": ``extend``; "short": the readjustment)."""
     from longctx.eval.scorer import build_scorer
 
+    from longctx.eval.measure import MeasurementCache
+
     samples = search_samples(stage, ctx)
     model = ctx.load_model(stage)
+    # the stage's measurements on disk (main process: the only writer): a rerun re-scores nothing
+    path = ctx.stage_dir(stage.name) / "measurements.jsonl" if ctx.accelerator.is_main_process else None
     scorer = build_scorer(
-        model, samples, stage.objective, factor_set=factor_set, abandon_margin=stage.abandon_margin
-    )
+        model, samples, stage.objective, factor_set=factor_set, abandon_margin=stage.abandon_margin,
+        cache=MeasurementCache(path),
+    )  # fmt: skip
     run_kwargs = dict(
         config=stage.settings or None,
         out_dir=ctx.stage_dir(stage.name) / "search",
