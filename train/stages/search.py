@@ -121,9 +121,8 @@ class SearchSetup:
 def setup(stage, ctx, factor_set: str) -> SearchSetup:
     """Samples (checked before the model loads), the model, its starting spec and the scorer
     of ``factor_set`` ("long": ``extend``; "short": the readjustment)."""
-    from longctx.eval.scorer import build_scorer
-
     from longctx.eval.measure import MeasurementCache
+    from longctx.eval.scorer import build_scorer
 
     samples = search_samples(stage, ctx)
     model = ctx.load_model(stage)
