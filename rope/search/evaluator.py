@@ -4,7 +4,11 @@ Every candidate costs forward passes at the target length, so nothing reaches th
 ``score`` callable twice or invalid:
 
 - candidates are deduplicated by :attr:`Candidate.key` (0.01 grid) against every earlier
-  evaluation and within the batch; a cached key is answered from the cache;
+  evaluation and within the batch; a seen key is answered from the search's history. This is
+  the algorithm's record of what it has seen (its budget and its replay on resume), not a
+  second score cache: the scores come from ``score``, whose measurement cache
+  (``eval.measure``) is keyed by the rotary a spec computes — the same key for the same grid
+  candidate, since a candidate's spec carries its grid factors exactly;
 - a candidate whose spec does not validate is rejected (score ``inf``) before any forward;
 - under ``accelerate launch`` with N processes the new candidates are split across ranks
   (``PartialState.split_between_processes``) and the scores gathered (``gather_object``),
