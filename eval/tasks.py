@@ -237,8 +237,21 @@ def check_task_inputs(
         raise DataError(f"{key('lengths')} {shortest[0]}: {err}") from None
 
 
+_PPL_DOCS: dict[tuple, list[list[int]]] = {}
+
+
+def ppl_documents(tokenizer, source: str) -> list[list[int]]:
+    """The token ids (no special tokens) of every ``source`` document, tokenised once per
+    (source, tokenizer) in a process: an eval stage's preflight and its ppl task share them."""
+    key = (source, getattr(tokenizer, "name_or_path", None), len(tokenizer), id(tokenizer))
+    if key not in _PPL_DOCS:
+        _PPL_DOCS.clear()  # one corpus at a time: a folder of books can be large
+        _PPL_DOCS[key] = [tokenizer.encode(t, add_special_tokens=False) for t in read_documents(source)]
+    return _PPL_DOCS[key]
+
+
 def run_ppl(model, tokenizer, s: EvalSettings) -> dict:
-    docs = [tokenizer.encode(t, add_special_tokens=False) for t in read_documents(s.ppl_data)]
+    docs = ppl_documents(tokenizer, s.ppl_data)
     by_length = perplexity_at_lengths(
         model,
         docs,

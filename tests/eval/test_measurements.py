@@ -52,3 +52,14 @@ def test_a_rerun_measures_nothing_and_a_change_measures_again(tmp_path, monkeypa
     # other settings: a new measurement, but one for both specs: at L they compute the same rotary
     # (the short set, factors 1, the same attention factor), so the second is the first's
     assert len(calls) == 6
+
+
+def test_preflight_and_the_ppl_task_tokenise_the_documents_once(tmp_path, monkeypatch):
+    from longctx.eval import tasks
+
+    tok = train_demo_tokenizer(tmp_path / "tok", 300)
+    seen = []
+    real = tasks.read_documents
+    monkeypatch.setattr(tasks, "read_documents", lambda source: seen.append(source) or real(source))
+    first = tasks.ppl_documents(tok, "kjv_heldout")
+    assert tasks.ppl_documents(tok, "kjv_heldout") is first and seen == ["kjv_heldout"]

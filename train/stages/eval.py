@@ -111,7 +111,7 @@ def preflight(stage, ctx) -> list[str]:
     checked here too (``eval.tasks.read_qa_records``): a missing path / id or a misshapen dataset
     is a line here, not an error once the models have loaded and the ruler task starts."""
     from longctx.data.errors import DataError
-    from longctx.eval.tasks import read_documents, read_qa_records
+    from longctx.eval.tasks import ppl_documents, read_qa_records
 
     where = f"stages.{stage.name}"
     lines = []
@@ -123,11 +123,9 @@ def preflight(stage, ctx) -> list[str]:
     if "ppl" not in stage.tasks:
         return lines
     try:
-        texts = read_documents(stage.ppl_data)
+        sizes = [len(ids) for ids in ppl_documents(ctx.tokenizer(), stage.ppl_data)]
     except FileNotFoundError as err:
         return [*lines, f"{where}.ppl_data: {err}"]
-    tokenizer = ctx.tokenizer()
-    sizes = [len(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
     longest = max(sizes, default=0)
     short = [n for n in stage.lengths if n > longest]
     if short:
