@@ -88,15 +88,16 @@ def synthetic_documents(
         # every length from L/8 (a retrieval over a few tokens is learned first), long ones ½–1×
         low = max(16, length // 8) if short else length // 2
         want, depth = rng.randint(low, length - 1), rng.random()
-        try:
-            ids = _sample(tokenizer, task, want, depth, first + i)
-        except DataError:  # shorter than the fixed prompt: use the longest length that fits
+        ids = None
+        while ids is None:
             try:
-                ids = _sample(tokenizer, task, length - 1, depth, first + i)
-            except DataError as err:
-                raise DataError(
-                    f"data.synthetic_mix: {task} documents do not fit in {length} tokens ({err})"
-                ) from None
+                ids = _sample(tokenizer, task, want, depth, first + i)
+            except DataError as err:  # shorter than the fixed prompt: the shortest that fits
+                if want >= length - 1:
+                    raise DataError(
+                        f"data.synthetic_mix: {task} documents do not fit in {length} tokens ({err})"
+                    ) from None
+                want = min(length - 1, want + 8)
         eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         docs.append([*ids, *eos])
     log(f"data: mixed in {count} synthetic {task} documents of <= {length} tokens")
