@@ -482,7 +482,7 @@ def inference_plan(recipe, shape: ModelShape, *, gpu_gib: float) -> list[dict]:
     for stage in recipe.stages:
         if stage.kind in ("search", "readjust"):
             what = f"{stage.kind} {stage.algorithm} {stage.objective}"
-            add(stage, what, [stage.target_length], generate=False)
+            add(stage, what, [getattr(stage, "score_length", None) or stage.target_length], generate=False)
         elif stage.kind == "eval":
             ppl = [t for t in stage.tasks if t == "ppl"]
             gen = [t for t in stage.tasks if t in GENERATION_TASKS]

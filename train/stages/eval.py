@@ -33,6 +33,11 @@ class EvalRun(Strict):
     rope: Literal["spec", "original", "linear", "ntk", "yarn"] = "spec"
     """spec: the stage's spec; original: the base RoPE unchanged; linear (PI) / ntk / yarn:
     baselines built for the eval stage's ``target_length`` with no search."""
+    attention: Literal["hf", "short_original"] | float | None = None
+    """The attention factor policy this run serves a ``longrope`` spec under
+    (``rope.attention_policy``): ``hf`` (transformers' one default factor for both sets),
+    ``short_original`` (1.0 on short inputs, the long set's on long ones) or a number (that one
+    factor for both sets, e.g. a readjustment's balanced factor); None: the spec as saved."""
 
 
 class Settings(Strict):
@@ -101,6 +106,13 @@ def check(recipe, index: int, where: str) -> list[str]:
             lines.append(f"{where}.ruler_tasks: unknown {unknown}; expected some of {list(RULER_TASKS)}")
     if any(not 0 <= d <= 1 for d in stage.depths):
         lines.append(f"{where}.depths: {stage.depths}; expected values in [0, 1]")
+    for i, run in enumerate(stage.runs):
+        if run.attention is not None and run.rope != "spec":
+            lines.append(
+                f"{where}.runs[{i}].attention: a policy applies to a searched spec (rope: spec); got rope: {run.rope}"
+            )
+        elif isinstance(run.attention, float) and run.attention < 1.0:
+            lines.append(f"{where}.runs[{i}].attention: {run.attention}; expected a factor >= 1.0")
     return lines
 
 
@@ -150,7 +162,14 @@ def _run_spec(ctx, stage, run, model):
         return base
     if run.rope == "spec":
         source = ctx.spec_source(run) if run.spec_from else ctx.spec_source(stage)
-        return RopeSpec.from_json(ctx.stage_dir(source) / "spec.json") if source else base
+        spec = RopeSpec.from_json(ctx.stage_dir(source) / "spec.json") if source else base
+        if run.attention is None:
+            return spec
+        from longctx.rope.attention_policy import with_attention_policy
+
+        if isinstance(run.attention, str):
+            return with_attention_policy(spec, run.attention)
+        return with_attention_policy(spec, "balanced", run.attention)
     target = stage.target_length or max(stage.lengths)
     # run.rope is validated to one of linear / ntk / yarn here: the method of the same name
     return RopeSpec(

@@ -34,6 +34,11 @@ class Settings(FactorSearchSettings):
     short inputs pay too, unless an earlier stage this one warm-starts from set one. 1.0 keeps short
     inputs exactly the pretrained model's in a training-free export (short factors all 1) and
     searches the long factors knowing it."""
+    score_length: int | None = Field(None, gt=0)
+    """Score candidates on samples of this many tokens (a proxy: L < score_length ≤ target_length)
+    under the long factor set, while the factors are searched for ``target_length`` — e.g. an 8×
+    template scored at 2×, when a full-length forward costs too much per candidate. None: the
+    target length."""
 
 
 def check(recipe, index: int, where: str) -> list[str]:
@@ -43,6 +48,13 @@ def check(recipe, index: int, where: str) -> list[str]:
     if L is not None and stage.target_length <= L:
         lines.append(
             f"{where}.target_length: expected > L={L} (the model's original length); got {stage.target_length}"
+        )
+    if stage.score_length is not None and not (
+        (L is None or stage.score_length > L) and stage.score_length <= stage.target_length
+    ):
+        lines.append(
+            f"{where}.score_length: expected L={L} < score_length <= target_length={stage.target_length}; "
+            f"got {stage.score_length}"
         )
     if stage.attention_factor is not None and stage.algorithm == "dpe":
         lines.append(f"{where}.attention_factor: dpe changes positions, not factor sets; remove it")
@@ -69,12 +81,13 @@ def settings_errors(stage, where: str) -> list[str]:
 
 
 def plan(recipe, stage) -> str:
-    return f"{stage.kind} {stage.algorithm} → L'={stage.target_length} ({stage.objective})"
+    proxy = f", scored at {stage.score_length}" if getattr(stage, "score_length", None) else ""
+    return f"{stage.kind} {stage.algorithm} → L'={stage.target_length} ({stage.objective}{proxy})"
 
 
 def preflight(stage, ctx) -> list[str]:
     """Enough long documents for the objective (needs the tokenised data, not the model)."""
-    length = stage.target_length
+    length = scoring_length(stage)
     docs = ctx.search_documents()
     found = sum(len(d) >= length for d in docs)
     if found >= stage.num_samples:
@@ -88,6 +101,11 @@ def preflight(stage, ctx) -> list[str]:
     ]
 
 
+def scoring_length(stage) -> int:
+    """The length candidates are scored at: ``score_length`` (a search's proxy) or the target."""
+    return getattr(stage, "score_length", None) or stage.target_length
+
+
 def search_samples(stage, ctx) -> list:
     """Long documents truncated to the target (ppl) or needle-driven samples built in them."""
     from longctx.data.errors import DataError
@@ -97,7 +115,7 @@ def search_samples(stage, ctx) -> list:
     problems = preflight(stage, ctx)
     if problems:
         raise DataError(problems[0])
-    length, tokenizer = stage.target_length, ctx.tokenizer()
+    length, tokenizer = scoring_length(stage), ctx.tokenizer()
     long_docs = [d for d in ctx.search_documents() if len(d) >= length]
     if stage.objective == "ppl":
         return truncated_rows(long_docs, length, bos_id=tokenizer.bos_token_id, max_docs=stage.num_samples)
