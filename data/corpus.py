@@ -132,6 +132,7 @@ DEMO_CORPORA: dict[str, Callable[[], list[str]]] = {
     "kjv_train": _kjv_train,
     "kjv_validation": lambda: _kjv_books_in(KJV_VALIDATION_BOOKS.__contains__),
     "kjv_heldout": lambda: _kjv_books_in(KJV_HELDOUT_BOOKS.__contains__),
+    "kjv_exodus": lambda: _kjv_books()[1:2],  # what the SmolLM2 searches score (the evals: Genesis)
     "python_stdlib": _python_stdlib,
 }
 """Registry of offline corpora; ``source: {kind: demo, name: <key>}`` selects one."""

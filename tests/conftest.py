@@ -21,20 +21,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture
-def repro(tmp_path, monkeypatch):
-    """``benchmarks/reproduce.py`` as a fresh module whose outputs and documents are under
-    ``tmp_path`` (no test writes the committed docs/REPRODUCTION*.md)."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("reproduce", root / "benchmarks" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "OUT", tmp_path)
-    monkeypatch.setattr(mod, "DOC", tmp_path / "REPRODUCTION.md")
-    monkeypatch.setattr(mod, "DOC_32K", tmp_path / "REPRODUCTION_32K.md")
-    return mod
