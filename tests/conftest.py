@@ -21,3 +21,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+from tests.train.conftest import tiny_corpus  # noqa: E402, F401  (the fixture, for tests outside tests/train)

@@ -13,7 +13,6 @@ from benchmarks.repro import measure as measure_mod
 from benchmarks.repro.render import cell_text, document, load_results, recipe_view, render_setup, verdict
 from benchmarks.repro.spec import Table, TableError, load_table, load_tables
 from benchmarks.reproduce import record, run_table
-from tests.train.conftest import tiny_corpus  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +141,7 @@ def test_efficiency_rows_read_search_logs_against_the_best_of_the_table(tmp_path
         log.write_text("".join(json.dumps({"eval": i + 1, "score": s}) + "\n" for i, s in enumerate(scores)))
         (log.parent.parent / "COMPLETE").write_text("ok\n")
     results = record(tmp_path, table)
-    n, to_best, ratio = table.columns
+    _, to_best, ratio = table.columns
     assert [cell_text(table, results, r, to_best) for r in ("evo", "dcis")] == ["3", "2"]
     assert cell_text(table, results, "dcis", ratio) == "0.667"
     (tmp_path / "outputs/t/dcis/search/evaluations.jsonl").write_text(
