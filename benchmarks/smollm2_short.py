@@ -811,8 +811,8 @@ def target_verdict(results: dict) -> dict:
     return {"status": "not met", "detail": "; ".join(t for _, t in lines)}
 
 
-def report_lines(results: dict) -> list[str]:
-    """The table, the part-6 verdict and the notes (markdown lines), from a results dict."""
+def _policy_table(results: dict) -> list[str]:
+    """The markdown table: one row per method and attention policy."""
     s = results["setup"]
     ppl_n, pk_n, long_n, ratio_n = s["ppl_lengths"], s["passkey_lengths"], s["long_length"], s["ratio_length"]
     original = _row(results, "original")
@@ -837,6 +837,14 @@ def report_lines(results: dict) -> list[str]:
             + ["pending" if r["stock_hf"] is None else ("yes" if r["stock_hf"] else "no")]
         )  # fmt: skip
         table.append("| " + " | ".join(cells) + " |")
+    return table
+
+
+def report_lines(results: dict) -> list[str]:
+    """The table, the part-6 verdict and the notes (markdown lines), from a results dict."""
+    s = results["setup"]
+    long_n, ratio_n = s["long_length"], s["ratio_length"]
+    table = _policy_table(results)
     v = results["verdict"]
     status = v["status"] if v["status"] == "pending" else f"**{v['status']}**"
     scale = scale_label(s["verdict_scale"])
@@ -873,6 +881,12 @@ def report_lines(results: dict) -> list[str]:
         "short inputs are exactly the pretrained model's; the long factors are chosen knowing the factor "
         "instead of having it imposed afterwards.",
     ]
+    return lines + _search_notes(results)
+
+
+def _search_notes(results: dict) -> list[str]:
+    """Notes on each search, the bf16 check, what is pending and the memo's size."""
+    s, lines = results["setup"], []
     for tag, found in sorted(results.get("searches", {}).items()):
         factors = found["spec"].get("long_factor") or [1.0]
         a = found.get("attention_factor")
