@@ -4,7 +4,7 @@
     longctx reproduce --only no_finetune_8x       # run its recipe(s) through `longctx run`, record, render
     longctx reproduce                             # render docs/REPRODUCTION*.md from docs/results/
 
-Each table is a spec in ``recipes/repro/tables/`` (``benchmarks.repro.spec``). ``--only T`` runs
+Each table is a spec in ``benchmarks/tables/`` (``benchmarks.repro.spec``). ``--only T`` runs
 each of its variants × seeds with ``longctx run RECIPE OVERRIDES output_dir=… seed=…`` (a rerun
 skips finished stages, resumes an interrupted one), reads the measurements from the output
 folders (``benchmarks.repro.measure``) into ``docs/results/T.json`` and re-renders every

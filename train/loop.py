@@ -218,6 +218,51 @@ def _truncate_metrics(metrics_file: Path, step: int) -> None:
         metrics_file.write_text("".join(line + "\n" for line in keep))
 
 
+@dataclass
+class _StepRunner:
+    """One optimizer step's micro-batches: forward, backward, clip, step (accelerate decides the
+    accumulation boundary; DeepSpeed steps its engine there)."""
+
+    model: torch.nn.Module
+    unwrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    accelerator: Accelerator
+    cfg: TrainStage
+    layout: sp.SPLayout
+    varlen: bool
+    tiled: bool
+    retention: Retention | None
+
+    def __call__(self, micro: list[dict], where: str, last_good) -> tuple[float, int]:
+        """(this process's share of the step's mean token loss, tokens it trained on)."""
+        acc, layout = self.accelerator, self.layout
+        # the step's label tokens over every process (an SP group's ranks share their rows)
+        counted = torch.tensor(float(sum(label_tokens(b, self.varlen) for b in micro)), device=acc.device)
+        counted = (acc.reduce(counted, "sum") / layout.size).clamp(min=1)
+        step_loss, step_tokens = 0.0, 0
+        for batch in micro:
+            # the GLOBAL row's kind, before any SP slicing: every shard uses the row's factor set
+            set_factor_set(self.unwrapped, batch["row_kind"])
+            with acc.accumulate(self.model):
+                loss = _forward_loss(self.model, batch, layout, self.varlen, acc.device, counted, self.tiled,
+                                     self.unwrapped, self.retention)  # fmt: skip
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{where}: loss is {loss.item()} (row kind {batch['row_kind']}); stopped. "
+                        f"Last good checkpoint: {last_good or 'none'}. Lower lr or check the data."
+                    )
+                # DDP / DeepSpeed average gradients over the data-parallel ranks and accelerate
+                # divides by grad_accum: undo both, so the step's gradient is that of its mean token loss
+                acc.backward(loss * layout.dp_size * self.cfg.grad_accum)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.item()
+            step_tokens += int(batch["input_ids"].numel())
+        return step_loss, step_tokens
+
+
 def train_loop(
     model: torch.nn.Module,
     batches_from: Callable[[int], Iterator[dict]],
@@ -256,42 +301,10 @@ def train_loop(
     bar = tqdm(total=cfg.steps, initial=step, desc=stage_dir.name, disable=not accelerator.is_main_process)
     started, run_tokens = time.perf_counter(), 0
     last_good = (list_checkpoints(ckpt_root) or [None])[-1]
+    run = _StepRunner(model, unwrapped, optimizer, accelerator, cfg, layout, varlen, tiled_loss, retention)
     while step < cfg.steps:
-        step_loss, step_tokens = 0.0, 0
         micro = [next(stream) for _ in range(cfg.grad_accum)]
-        # the step's label tokens over every process (an SP group's ranks share their rows)
-        counted = torch.tensor(float(sum(label_tokens(b, varlen) for b in micro)), device=accelerator.device)
-        counted = accelerator.reduce(counted, "sum") / layout.size
-        for batch in micro:
-            # the GLOBAL row's kind, before any SP slicing: every shard uses the row's factor set
-            set_factor_set(unwrapped, batch["row_kind"])
-            # accelerate decides the accumulation boundary (and DeepSpeed steps its engine there)
-            with accelerator.accumulate(model):
-                loss = _forward_loss(
-                    model,
-                    batch,
-                    layout,
-                    varlen,
-                    accelerator.device,
-                    counted.clamp(min=1),
-                    tiled_loss,
-                    unwrapped,
-                    retention,
-                )
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"{stage_dir.name}: loss is {loss.item()} at step {step + 1} (row kind {batch['row_kind']}); "
-                        f"stopped. Last good checkpoint: {last_good or 'none'}. Lower lr or check the data."
-                    )
-                # DDP / DeepSpeed average gradients over the data-parallel ranks and accelerate
-                # divides by grad_accum: undo both, so the step's gradient is that of its mean token loss
-                accelerator.backward(loss * layout.dp_size * cfg.grad_accum)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.item()
-            step_tokens += int(batch["input_ids"].numel())
+        step_loss, step_tokens = run(micro, f"{stage_dir.name}: at step {step + 1}", last_good)
         scheduler.step()
         step += 1
         # each process holds its micro-batches' shares of the step's mean token loss (an SP group's

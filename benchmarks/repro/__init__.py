@@ -1,4 +1,4 @@
-"""Reproduction as data: each published table is a spec (``recipes/repro/tables/*.yaml``: its
+"""Reproduction as data: each published table is a spec (``benchmarks/tables/*.yaml``: its
 recipe, overrides, seeds, rows as eval runs or search stages, columns as measurements, claims
 with their noise rule); ``longctx reproduce --only T`` runs the recipe through ``longctx run``,
 writes the table's measurements to ``docs/results/T.json`` (committed), and one renderer turns

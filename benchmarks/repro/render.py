@@ -176,7 +176,7 @@ def section(root: Path, table: Table) -> list[str]:
 
 def document(root: Path, tables: list[Table], doc: str) -> str:
     mine = [t for t in tables if t.doc == doc]
-    intro = root / "recipes" / "repro" / "tables" / f"{Path(doc).stem}.intro.md"
+    intro = root / "benchmarks" / "tables" / f"{Path(doc).stem}.intro.md"
     lines = [intro.read_text().strip(), ""] if intro.exists() else [f"# {Path(doc).stem}", ""]
     claims = [(t, c) for t in mine for c in t.claims]
     if claims:

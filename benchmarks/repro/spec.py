@@ -137,6 +137,6 @@ def load_table(path: Path) -> Table:
 
 
 def load_tables(root: Path) -> list[Table]:
-    """Every table spec under ``root/recipes/repro/tables``, in document order."""
-    tables = [load_table(p) for p in sorted((root / "recipes" / "repro" / "tables").glob("*.yaml"))]
+    """Every table spec under ``root/benchmarks/tables``, in document order."""
+    tables = [load_table(p) for p in sorted((root / "benchmarks" / "tables").glob("*.yaml"))]
     return sorted(tables, key=lambda t: (t.doc, t.order))
