@@ -356,6 +356,12 @@ def check_losses() -> str:
         finally:
             if unpatch is not None:
                 unpatch()
+    return _judge_losses(variants, lengths, cells, probes, problems, skipped, notes)
+
+
+def _judge_losses(variants, lengths, cells, probes, problems, skipped, notes) -> str:
+    """check_losses' verdict: every variant's loss and lm_head gradient against the first that
+    ran at that length, peaks within the plan's tolerance; the figure line, or an assertion."""
     scale, slack = LOSS_TOLERANCE
     worst = 0.0
     for (variant, length), (loss, peak, plan) in cells.items():

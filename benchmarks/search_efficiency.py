@@ -189,6 +189,21 @@ def summarize(results: dict[str, dict]) -> dict:
     return {"best": best, "threshold": threshold}
 
 
+def _model_and_books(model_dir, tokenizer_dir, out: Path, scales, docs: int, steps: int):
+    """(model, tokenizer, KJV books tokenised, held-out book indices, description): a given
+    checkpoint, or the fallback trained here with ``docs`` long books held out."""
+    from longctx.data.corpus import load_demo_corpus
+
+    if model_dir is not None:
+        model, tok = load_model(model_dir, tokenizer_dir)
+        books = [tok.encode(b, add_special_tokens=False) for b in load_demo_corpus("kjv")]
+        return model, tok, books, [], f"{model_dir} (tokenizer {tokenizer_dir or model_dir})"
+    tok, books = _fallback_tokenizer_and_books(out)
+    held = [i for i, b in enumerate(books) if len(b) >= max(scales) * L_FALLBACK][-docs:]
+    model = train_model(out, books, set(held), steps)
+    return model, tok, books, held, f"fallback: trained here for {steps} steps ({out / 'model'})"
+
+
 def run_benchmark(
     *,
     model_dir: str | os.PathLike | None = None,
@@ -224,16 +239,7 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     from longctx.data.corpus import load_demo_corpus
 
-    if model_dir is not None:
-        model, tok = load_model(model_dir, tokenizer_dir)
-        books = [tok.encode(b, add_special_tokens=False) for b in load_demo_corpus("kjv")]
-        held: list[int] = []
-        source = f"{model_dir} (tokenizer {tokenizer_dir or model_dir})"
-    else:
-        tok, books = _fallback_tokenizer_and_books(out)
-        held = [i for i, b in enumerate(books) if len(b) >= max(scales) * L_FALLBACK][-docs:]
-        model = train_model(out, books, set(held), steps)
-        source = f"fallback: trained here for {steps} steps ({out / 'model'})"
+    model, tok, books, held, source = _model_and_books(model_dir, tokenizer_dir, out, scales, docs, steps)
     L = original_length(model)
     longest = max(scales) * L
     # books that hold the longest target; the same documents at every scale. With --model: the

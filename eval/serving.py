@@ -325,6 +325,20 @@ def _short_ppl(model, tokenizer, docs: list[list[int]], lengths: list[int], prog
     return out
 
 
+def _prompts(tokenizer, settings: EvalSettings, prompt_len: int, ppl_need: int, can_force: bool):
+    """(documents for the short-ppl cost, ``samples`` prompts of ``prompt_len`` tokens, BOS first)."""
+    n_prompts = max(1, int(settings.samples))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    n_docs = max(n_prompts, settings.ppl_docs if can_force else 0)
+    docs = document_heads(tokenizer, settings.ppl_data, max(prompt_len, ppl_need), n_docs)
+    prompts = [(([bos] if bos is not None else []) + d)[:prompt_len] for d in docs][:n_prompts]
+    if not prompts:
+        raise ValueError(
+            f"serving parity: no document of {settings.ppl_data!r} has {prompt_len} tokens for a prompt"
+        )
+    return docs, prompts
+
+
 def serving_parity(model, tokenizer, settings: EvalSettings) -> dict:
     """Cost of each factor-set choice across L (see the module docstring); plain JSON-ready dict.
 
@@ -348,19 +362,9 @@ def serving_parity(model, tokenizer, settings: EvalSettings) -> dict:
             f"serving parity: {prompt_len}-token prompts + {new_tokens} new tokens never decode from a "
             f"prefix longer than L={L}; expected max_new_tokens > {L - prompt_len + 1}"
         )
-    n_prompts = max(1, int(settings.samples))
     ppl_lengths = sorted({int(n) for n in settings.lengths if 2 <= int(n) <= L}) or [L]
     can_force = _installed_spec(model) is not None
-    bos = getattr(tokenizer, "bos_token_id", None)
-    n_docs = max(n_prompts, settings.ppl_docs if can_force else 0)
-    need = max(prompt_len, max(ppl_lengths) if can_force else 0)
-    docs = document_heads(tokenizer, settings.ppl_data, need, n_docs)
-    prompts = [([bos] if bos is not None else []) + d for d in docs][:n_prompts]
-    prompts = [p[:prompt_len] for p in prompts]
-    if not prompts:
-        raise ValueError(
-            f"serving parity: no document of {settings.ppl_data!r} has {prompt_len} tokens for a prompt"
-        )
+    docs, prompts = _prompts(tokenizer, settings, prompt_len, max(ppl_lengths) if can_force else 0, can_force)
     prefix_lengths = [prompt_len + i for i in range(new_tokens)]
 
     runs: dict[str, list[dict]] = {c: [] for c in CHOICES}

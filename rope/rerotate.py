@@ -388,6 +388,20 @@ MODES = ("reprefill", "rerotate")
 
 
 @torch.inference_mode()
+def _stop_tokens(model, eos_token_id, pad_token_id, device) -> tuple[torch.Tensor, int]:
+    """(EOS ids as a 1-D tensor, the pad id): given, else the generation config's, else EOS / 0."""
+    gen = getattr(model, "generation_config", None)
+    if eos_token_id is None:
+        eos_token_id = getattr(gen, "eos_token_id", None)
+    eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long, device=device)
+    eos = eos.reshape(-1)
+    if pad_token_id is None:
+        pad_token_id = getattr(gen, "pad_token_id", None)
+    if pad_token_id is None:
+        pad_token_id = int(eos[0]) if eos.numel() else 0
+    return eos, pad_token_id
+
+
 def generate_across_length(
     model,
     input_ids: torch.Tensor,
@@ -413,24 +427,13 @@ def generate_across_length(
     [batch, prompt + new], or with ``return_dict_in_generate`` an output with ``.sequences``,
     ``.logits`` (float [batch, vocab] per step when ``output_logits``) and the cache.
     """
-    from transformers.generation.utils import GenerateDecoderOnlyOutput
-
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     device = model.get_input_embeddings().weight.device
     ids = torch.as_tensor(input_ids, device=device)
     ids = ids[None] if ids.dim() == 1 else ids
     mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask, device=device)
-    gen = getattr(model, "generation_config", None)
-    if eos_token_id is None:
-        eos_token_id = getattr(gen, "eos_token_id", None)
-    eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, dtype=torch.long, device=device)
-    eos = eos.reshape(-1)
-    if pad_token_id is None:
-        pad_token_id = getattr(gen, "pad_token_id", None)
-    if pad_token_id is None:
-        pad_token_id = int(eos[0]) if eos.numel() else 0
-
+    eos, pad_token_id = _stop_tokens(model, eos_token_id, pad_token_id, device)
     rotation = RotaryTables(model)
     keyword = _cache_keyword(model)
 
@@ -475,9 +478,17 @@ def generate_across_length(
         positions = torch.cat((positions, step_positions), dim=-1)
     if not return_dict_in_generate:
         return ids
+    return _generate_output(ids, logits if output_logits else None, cache)
+
+
+def _generate_output(ids: torch.Tensor, logits: list | None, cache):
+    """transformers' ``GenerateDecoderOnlyOutput`` (its cache field is ``cache`` or, in older
+    versions, ``past_key_values``)."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
     fields = GenerateDecoderOnlyOutput.__dataclass_fields__
     return GenerateDecoderOnlyOutput(
         sequences=ids,
-        logits=tuple(logits) if output_logits else None,
+        logits=None if logits is None else tuple(logits),
         **{"cache" if "cache" in fields else "past_key_values": cache},
     )
