@@ -4,9 +4,9 @@
 
 One SmolLM2-shaped attention layer (9 query heads, 3 KV heads, head dim 64, θ = 1e5, two pair
 groups at scales 2 and 4, a third of the pairs selected) on one row of random q/k/v, causal, no
-mask tensor (what the model passes, ``rope.dpe.no_mask``). Three variants in the same process:
+mask tensor (what the model passes, ``rope.dpe_attention.no_mask``). Three variants in the same process:
 
-- ``ours``: ``rope.dpe.dpe_attention`` — the far part as one causal fused attention call, the
+- ``ours``: ``rope.dpe_attention.dpe_attention`` — the far part as one causal fused attention call, the
   near part (keys closer than W) as one causal call for the first W rows, then in chunks of
   ``min(1024, max(256, W // 2))`` queries with a band bias, merged exactly by log-sum-exps;
 - ``block loop``: the previous ``dpe_attention`` (kept here as :func:`_block_loop_attention`):
@@ -28,7 +28,7 @@ import types
 import torch
 
 from longctx.checkout import checkout_root
-from longctx.rope.dpe import DPEPlan, _rotate, dpe_attention, query_block, remap_angles
+from longctx.rope.dpe_attention import DPEPlan, _rotate, dpe_attention, query_block, remap_angles
 
 ROOT = checkout_root(purpose="benchmarks")
 

@@ -614,7 +614,7 @@ def check_dpe() -> str:
     """DPE attention on an 8B-geometry model (2 layers, bf16): with every group scale 1 (original
     positions) layer 0's attention equals SDPA's; with scales up to L'/L = 16 on 48 of 64 pairs,
     seconds and peak memory per forward at 32k and 128k, the peak above SDPA's within 2× the
-    bound rope.dpe.PEAK_MEMORY states (K, V repeated + Q, K rotated: 4·H·L·d elements, plus
+    bound rope.dpe_attention.PEAK_MEMORY states (K, V repeated + Q, K rotated: 4·H·L·d elements, plus
     ≤ 3 GiB of score blocks)."""
     from longctx.rope import RopeSpec, apply_rope, from_hf_config
     from longctx.train.models import init_model, model_config

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from longctx.rope.dpe import sync_attention
+from longctx.rope.dpe_attention import sync_attention
 from longctx.rope.errors import RopeSpecError, UnsupportedArchitectureError
 from longctx.rope.spec import RopeSpec
 

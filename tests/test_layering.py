@@ -48,6 +48,9 @@ def test_no_function_outside_tests_is_longer_than_80_lines():
         if rel.parts[0] in ("tests", "outputs") or any(p.startswith(".") for p in rel.parts):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno >= 80
+            ):
                 long.append(f"{rel}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == []

@@ -22,6 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from longctx.rope.dpe_attention import _attention_modules
+from longctx.rope.errors import RopeSpecError
 from longctx.rope.files import append_line, read_jsonl
 from longctx.rope.search.evaluator import Distributed
 from longctx.rope.search.space import SearchConfigError, check_int
@@ -133,3 +137,50 @@ def _with_scale(template: RopeSpec, base: list[float], group: int, scale: float)
     scales = list(base)
     scales[group] = scale
     return template.replace(params={**template.params, "group_scales": scales})
+
+
+@torch.no_grad()
+def key_dim_scores(model, batches: list[torch.Tensor]) -> torch.Tensor:
+    """Mean ‖q_pair‖·‖k_pair‖ per rotary pair over layers, heads and tokens (DPE step 2).  # [d/2]
+
+    Rotation keeps a pair's norm, so the projections before RoPE give the same norms.
+    """
+    layers = _attention_modules(model)
+    rot = int(layers[0].head_dim * getattr(model.config, "partial_rotary_factor", 1.0) or layers[0].head_dim)
+    half, found = rot // 2, []
+
+    def pair_norm(x, head_dim):  # x: [b, seq, heads*head_dim] → [d/2]
+        x = x.view(*x.shape[:-1], -1, head_dim)[..., :rot].float()
+        return (x[..., :half] ** 2 + x[..., half:rot] ** 2).sqrt().mean(dim=(0, 1, 2))
+
+    hooks = []
+    for attn in layers:
+        store: dict = {}
+        hooks.append(
+            attn.q_proj.register_forward_hook(
+                lambda m, i, o, s=store, a=attn: s.__setitem__("q", pair_norm(o, a.head_dim))
+            )
+        )
+        hooks.append(
+            attn.k_proj.register_forward_hook(
+                lambda m, i, o, s=store, a=attn: s.__setitem__("k", pair_norm(o, a.head_dim))
+            )
+        )
+        found.append(store)
+    total = torch.zeros(half)
+    try:
+        for ids in batches:
+            model(input_ids=ids)
+            total += sum(s["q"] * s["k"] for s in found).cpu()
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / (len(batches) * len(layers))
+
+
+def select_key_dims(model, batches: list[torch.Tensor], top_k: int) -> tuple[int, ...]:
+    """The ``top_k`` pairs by Q/K norm product (paper: 48 of 64 in the README, 32 in the script)."""
+    scores = key_dim_scores(model, batches)
+    if not 1 <= top_k <= scores.numel():
+        raise RopeSpecError(f"top_k: expected 1..{scores.numel()} pairs, got {top_k}")
+    return tuple(sorted(int(i) for i in torch.topk(scores, top_k).indices))

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from longctx.rope import RopeExportError, RopeSpec, RopeSpecError, apply_rope, dpe, to_hf_config
-from longctx.rope.dpe import DPEPlan, dpe_attention, remapped_positions, select_key_dims
+from longctx.rope.dpe import remapped_positions
+from longctx.rope.dpe_attention import DPEPlan, dpe_attention
+from longctx.rope.search.dpe import select_key_dims
 from tests.tiny import tiny_config, tiny_model
 
 L = 32
@@ -84,7 +86,7 @@ def test_attention_uses_remapped_positions_beyond_the_window_for_selected_pairs_
 
 def test_query_blocks_give_the_same_attention(monkeypatch):
     """Long inputs run in query blocks (bounded memory): the result equals one block."""
-    import longctx.rope.dpe as dpe
+    import longctx.rope.dpe_attention as dpe
 
     torch.manual_seed(1)
     n, d, window = 23, 8, 4
@@ -113,7 +115,7 @@ def test_query_blocks_give_the_same_attention(monkeypatch):
 
 def test_query_blocks_shrink_to_bound_the_score_tensor(monkeypatch):
     """Past the element budget a block has fewer rows (never under 16); the result is unchanged."""
-    import longctx.rope.dpe as dpe
+    import longctx.rope.dpe_attention as dpe
 
     assert dpe.query_block(1, 9, 16384) == 1024  # SmolLM2 at 16k: 151 M entries, within budget
     assert dpe.query_block(1, 32, 131072) == 64  # an 8B model at 128k: 268 M entries per block
@@ -142,7 +144,7 @@ def test_query_blocks_shrink_to_bound_the_score_tensor(monkeypatch):
 def test_causal_attention_skips_future_keys_and_splits_near_far_by_band(monkeypatch, window):
     """A causal module computes only the keys a block can see and, with plain positions, takes
     the near/far band in index space; the result equals the dense reference, also when decoding."""
-    import longctx.rope.dpe as dpe
+    import longctx.rope.dpe_attention as dpe
 
     torch.manual_seed(2)
     n, d = 24, 8
@@ -248,7 +250,7 @@ def test_two_passes_merged_by_log_sum_exp_equal_the_dense_reference(monkeypatch,
     log-sum-exps equals one dense softmax, float32 at 1e-5, with several heads and GQA, in
     chunks of 7 rows or one, when decoding (one row, several rows past and within W), with the
     matmul fallback, and when the keys outnumber the queries by more than W."""
-    import longctx.rope.dpe as dpe
+    import longctx.rope.dpe_attention as dpe
 
     torch.manual_seed(5)
     b, heads, kv, n, d = 2, 6, 2, 150, 16
@@ -331,7 +333,7 @@ def test_16k_without_a_mask_matches_the_dense_reference():
 
 
 def test_the_model_builds_no_mask_for_dpe_and_refuses_padding(monkeypatch):
-    import longctx.rope.dpe as dpe
+    import longctx.rope.dpe_attention as dpe
 
     seen = []
     real = dpe.dpe_attention

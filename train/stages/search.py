@@ -197,8 +197,7 @@ def _dpe(stage, ctx) -> dict:
 
     from longctx.eval.scorer import build_scorer
     from longctx.rope import RopeSpec, apply_rope
-    from longctx.rope.dpe import select_key_dims
-    from longctx.rope.search.dpe import detect_group_scales
+    from longctx.rope.search.dpe import detect_group_scales, select_key_dims
 
     cfg = {**DPE_SETTINGS, **stage.settings}
     samples = search_samples(stage, ctx)
