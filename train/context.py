@@ -226,6 +226,14 @@ class RunContext:
             spec = spec.replace(original_length=declared, target_length=declared)
         return spec
 
+    def baseline_spec(self, model, method: str, target_length: int) -> RopeSpec:
+        """A training-free baseline (``linear`` = PI, ``ntk``, ``yarn``) for ``target_length``, on the
+        pretrained model's own RoPE geometry."""
+        base = self.base_spec(model)
+        return RopeSpec(
+            method, base.base, base.head_dim, base.original_length, target_length, base.partial_rotary_factor
+        )
+
     def spec_for(self, stage, model) -> RopeSpec:
         source = self.spec_source(stage)
         if source is None:

@@ -60,3 +60,18 @@ def test_a_proxy_search_scores_short_samples_and_eval_runs_choose_the_policy(
     }
     assert ppl["short_original"]["64"] == pytest.approx(ppl["original"]["64"], rel=2e-5)
     assert ppl["short_original"]["256"] == pytest.approx(ppl["hf"]["256"], rel=1e-6)
+
+
+def test_finetune_with_a_baseline_rope_trains_and_saves_it(tmp_path, tiny_corpus, longrope_model):
+    """``rope: yarn`` — the fine-tuned YaRN that LongRoPE2 compares against — with no search stage."""
+    ft = {"name": "ft", "kind": "finetune", "rope": "yarn", "steps": 2, "micro_batch_size": 2, "lr": 1e-3,
+          "checkpoint_every": 2, "windows": [{"length": 64, "share": 0.5, "rope": "original"},
+                                             {"length": 256, "share": 0.5, "rope": "rescaled"}]}  # fmt: skip
+    path = model_recipe(tmp_path / "r.yaml", longrope_model, tiny_corpus, tmp_path / "out", [ft])
+    run_cli(path)
+    spec = json.loads((tmp_path / "out" / "ft" / "spec.json").read_text())
+    assert spec["method"] == "yarn" and spec["target_length"] == 256 and spec["original_length"] == 64
+    bad = model_recipe(tmp_path / "b.yaml", longrope_model, tiny_corpus, tmp_path / "out2",
+                       [{**ft, "spec_from": "recipe"}])  # fmt: skip
+    with pytest.raises(RecipeError, match=r"spec_from: rope: yarn builds its own RoPE; remove spec_from"):
+        load_recipe(bad)

@@ -170,11 +170,8 @@ def _run_spec(ctx, stage, run, model):
         if isinstance(run.attention, str):
             return with_attention_policy(spec, run.attention)
         return with_attention_policy(spec, "balanced", run.attention)
-    target = stage.target_length or max(stage.lengths)
     # run.rope is validated to one of linear / ntk / yarn here: the method of the same name
-    return RopeSpec(
-        run.rope, base.base, base.head_dim, base.original_length, target, base.partial_rotary_factor
-    )
+    return ctx.baseline_spec(model, run.rope, stage.target_length or max(stage.lengths))
 
 
 def run(stage, ctx) -> dict:

@@ -30,6 +30,10 @@ class Settings(TrainStage):
     kind: Literal["finetune"]
     spec_from: str | None = None
     """Stage whose RoPE spec to train with; default: the latest earlier spec-producing stage."""
+    rope: Literal["spec", "yarn", "linear", "ntk"] = "spec"
+    """The RoPE of the long rows: ``spec`` — the searched spec of ``spec_from``; ``yarn`` /
+    ``linear`` (PI) / ``ntk`` — that baseline built for the longest window, with no search (the
+    fine-tuned YaRN that LongRoPE2 compares against). Saved as the stage's spec."""
     retention: RetentionCfg | None = None
     """Keep short rows close to the starting model (:class:`RetentionCfg`); None: plain LM loss."""
 
@@ -37,6 +41,8 @@ class Settings(TrainStage):
 def check(recipe, index: int, where: str) -> list[str]:
     stage = recipe.stages[index]
     lines = window_errors(recipe, stage, where)
+    if stage.rope != "spec" and stage.spec_from is not None:
+        lines.append(f"{where}.spec_from: rope: {stage.rope} builds its own RoPE; remove spec_from")
     if stage.retention is not None and not any(w.rope == "original" for w in stage.windows):
         lines.append(f"{where}.retention: needs a window with rope: original (the rows it keeps close)")
     return lines
@@ -53,4 +59,7 @@ def preflight(stage, ctx) -> list[str]:
 def run(stage, ctx) -> dict:
     from longctx.train.fit import fit
 
-    return fit(stage, ctx, spec_of=lambda model: ctx.spec_for(stage, model))
+    if stage.rope == "spec":
+        return fit(stage, ctx, spec_of=lambda model: ctx.spec_for(stage, model))
+    longest = max(w.length for w in stage.windows)
+    return fit(stage, ctx, spec_of=lambda model: ctx.baseline_spec(model, stage.rope, longest))
