@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from longctx.rope.search.dcis import DCISConfig, run_dcis
+from longctx.rope.search.dpe import DPEConfig, detect_group_scales
 from longctx.rope.search.evolution import EvolutionConfig, PopulationConfig, baseline_factors, run_evolution
 from longctx.rope.search.longrope2 import LongRoPE2Config, run_longrope2
 from longctx.rope.search.runner import SearchResult, readjust, resolve_config, run_search, to_spec
@@ -29,12 +30,17 @@ class SearchAlgorithm:
     """``run(ctx, config)``: asks ``ctx.evaluate``, checkpoints per generation / round."""
     default_objective: str
     """Scorer objective the paper uses: "ppl" or "needle_ppl" (``eval.scorer.OBJECTIVES``)."""
+    searches: str = "factors"
+    """What it searches: "factors" (a spec's long / short factors, through :func:`run_search`) or
+    "positions" (DPE's per-group position scales: :func:`rope.search.dpe.detect_group_scales`
+    over the key pairs of :func:`rope.search.dpe.select_key_dims`)."""
 
 
 SEARCH_ALGORITHMS: dict[str, SearchAlgorithm] = {
     "evolution": SearchAlgorithm("evolution", EvolutionConfig, run_evolution, "ppl"),
     "longrope2": SearchAlgorithm("longrope2", LongRoPE2Config, run_longrope2, "needle_ppl"),
     "dcis": SearchAlgorithm("dcis", DCISConfig, run_dcis, "ppl"),
+    "dpe": SearchAlgorithm("dpe", DPEConfig, detect_group_scales, "needle_ppl", searches="positions"),
 }
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "SEARCH_ALGORITHMS",
     "Candidate",
     "DCISConfig",
+    "DPEConfig",
     "EvolutionConfig",
     "FactorSpace",
     "LongRoPE2Config",

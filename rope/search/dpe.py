@@ -33,6 +33,30 @@ from longctx.rope.spec import RopeSpec
 
 
 @dataclass(frozen=True)
+class DPEConfig:
+    """DPE's detection (arXiv 2504.18857): ``groups`` equal pair groups (paper: 8), the top
+    ``key_fraction`` of pairs by Q/K norm remapped (README: 48 of 64), local window ``W``
+    (``local_window``), each group's scale swept over ``scales`` (default 1, 2, … up to L'/W)."""
+
+    groups: int = 8
+    key_fraction: float = 0.75
+    local_window: int = 1024
+    scales: tuple[float, ...] | None = None
+
+    def validate(self, template: RopeSpec | None = None, field: str | None = None) -> None:
+        check_int("groups", self.groups, 1)
+        check_int("local_window", self.local_window, 1)
+        if not 0 < self.key_fraction <= 1:
+            raise SearchConfigError(f"key_fraction: expected a fraction in (0, 1], got {self.key_fraction!r}")
+        if self.scales is not None and (not self.scales or any(s < 1 for s in self.scales)):
+            raise SearchConfigError(f"scales: expected a non-empty list of values >= 1, got {self.scales!r}")
+        if template is not None and template.geometry.n_pairs % self.groups:
+            raise SearchConfigError(
+                f"groups: {self.groups} does not split {template.geometry.n_pairs} pairs equally"
+            )
+
+
+@dataclass(frozen=True)
 class DPEResult:
     spec: RopeSpec
     """``dpe`` spec with the detected ``group_scales``."""

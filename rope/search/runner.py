@@ -156,6 +156,10 @@ def run_search(
     """
     check_template(template, field)
     entry, config = resolve_config(algorithm, config)
+    if entry.searches != "factors":
+        raise SearchConfigError(
+            f"algorithm: {algorithm!r} searches {entry.searches}, not factors (rope.search.dpe.detect_group_scales)"
+        )
     template = factor_template(template)
     config.validate(template, field)
     config_json = dataclasses.asdict(config)

@@ -50,8 +50,10 @@ def check(recipe, index: int, where: str) -> list[str]:
         lines.append(
             f"{where}.target_length: readjustment targets a short length <= L={L}; got {stage.target_length}"
         )
-    if stage.algorithm == "dpe":
-        lines.append(f"{where}.algorithm: dpe has no short factors to readjust")
+    if search.searches(stage) == "positions":
+        lines.append(
+            f"{where}.algorithm: {stage.algorithm} searches positions; it has no short factors to readjust"
+        )
         return lines
     return lines + search.settings_errors(stage, where)
 

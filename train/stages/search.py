@@ -21,9 +21,6 @@ PRODUCES = frozenset({"spec"})
 RESUMES_SCORES = True
 TRAINS = False
 
-DPE_SETTINGS = {"groups": 8, "key_fraction": 0.75, "local_window": 1024, "scales": None}
-"""DPE defaults (arXiv 2504.18857): 8 groups, top 48 of 64 pairs (README), W = 1024, sweep 1…L'/W."""
-
 
 class Settings(FactorSearchSettings):
     kind: Literal["search"]
@@ -56,25 +53,30 @@ def check(recipe, index: int, where: str) -> list[str]:
             f"{where}.score_length: expected L={L} < score_length <= target_length={stage.target_length}; "
             f"got {stage.score_length}"
         )
-    if stage.attention_factor is not None and stage.algorithm == "dpe":
-        lines.append(f"{where}.attention_factor: dpe changes positions, not factor sets; remove it")
+    if stage.attention_factor is not None and searches(stage) == "positions":
+        lines.append(
+            f"{where}.attention_factor: {stage.algorithm} changes positions, not factor sets; remove it"
+        )
     return lines + settings_errors(stage, where)
+
+
+def searches(stage) -> str | None:
+    """What the stage's algorithm searches (``rope.search.SearchAlgorithm.searches``), None if unknown."""
+    from longctx.rope.search import SEARCH_ALGORITHMS
+
+    entry = SEARCH_ALGORITHMS.get(stage.algorithm)
+    return None if entry is None else entry.searches
 
 
 def settings_errors(stage, where: str) -> list[str]:
     """The algorithm's own parameters, checked by the algorithm (no model needed)."""
-    if stage.algorithm == "dpe":
-        unknown = sorted(set(stage.settings) - set(DPE_SETTINGS))
-        return (
-            [f"{where}: settings.{unknown[0]}: unknown DPE setting (allowed: {', '.join(DPE_SETTINGS)})"]
-            if unknown
-            else []
-        )
     from longctx.rope.search import resolve_config
     from longctx.rope.search.space import SearchConfigError
 
     try:
-        resolve_config(stage.algorithm, stage.settings or None)
+        _, config = resolve_config(stage.algorithm, stage.settings or None)
+        if searches(stage) == "positions":
+            config.validate()  # its ranges need no template
     except (SearchConfigError, TypeError) as err:
         return [f"{where}: settings: {err}"]
     return []
@@ -192,14 +194,16 @@ def extend(stage, ctx) -> dict:
 
 
 def _dpe(stage, ctx) -> dict:
-    """Training-free DPE: key pairs by Q/K norm at lengths ≤ L, then a per-group scale sweep."""
+    """A positions search (DPE, training-free): key pairs by Q/K norm at lengths ≤ L, then a
+    per-group scale sweep (``rope.search.dpe.DPEConfig``)."""
     import torch
 
     from longctx.eval.scorer import build_scorer
     from longctx.rope import RopeSpec, apply_rope
+    from longctx.rope.search import resolve_config
     from longctx.rope.search.dpe import detect_group_scales, select_key_dims
 
-    cfg = {**DPE_SETTINGS, **stage.settings}
+    _, cfg = resolve_config(stage.algorithm, stage.settings or None)
     samples = search_samples(stage, ctx)
     model = ctx.load_model(stage)
     base = ctx.base_spec(model)
@@ -210,14 +214,14 @@ def _dpe(stage, ctx) -> dict:
         for d in ctx.search_documents()[: stage.num_samples]
     ]
     with torch.no_grad():
-        key_dims = select_key_dims(model, short, max(1, round(cfg["key_fraction"] * base.geometry.n_pairs)))
+        key_dims = select_key_dims(model, short, max(1, round(cfg.key_fraction * base.geometry.n_pairs)))
     template = RopeSpec(
         "dpe", base.base, base.head_dim, base.original_length, stage.target_length, base.partial_rotary_factor,
-        params={"group_scales": [1.0] * cfg["groups"], "key_dims": list(key_dims), "local_window": cfg["local_window"]},
+        params={"group_scales": [1.0] * cfg.groups, "key_dims": list(key_dims), "local_window": cfg.local_window},
     )  # fmt: skip
     scorer = build_scorer(model, samples, stage.objective, factor_set="long")
     result = detect_group_scales(
-        template, scorer, groups=cfg["groups"], scales=cfg["scales"], out_dir=ctx.stage_dir(stage.name),
+        template, scorer, groups=cfg.groups, scales=cfg.scales, out_dir=ctx.stage_dir(stage.name),
         progress=ctx.accelerator.is_main_process,
     )  # fmt: skip
     if ctx.accelerator.is_main_process:
@@ -227,6 +231,4 @@ def _dpe(stage, ctx) -> dict:
 
 
 def run(stage, ctx) -> dict:
-    if stage.algorithm == "dpe":
-        return _dpe(stage, ctx)
-    return extend(stage, ctx)
+    return _dpe(stage, ctx) if searches(stage) == "positions" else extend(stage, ctx)
