@@ -7,7 +7,8 @@ import types
 import pytest
 import torch
 
-from longctx.rope import RopeExportError, RopeSpec, RopeSpecError, apply_rope, dpe, to_hf_config
+from longctx.rope import RopeExportError, RopeSpec, RopeSpecError, apply_rope, to_hf_config
+from longctx.rope import dpe_attention as dpe_kernel
 from longctx.rope.dpe import remapped_positions
 from longctx.rope.dpe_attention import DPEPlan, dpe_attention
 from longctx.rope.search.dpe import select_key_dims
@@ -285,7 +286,7 @@ def test_merge_by_log_sum_exp_is_the_softmax_over_both_key_sets():
     scores[2, :6] = float("-inf")  # row 2: nothing in the first set
     parts = [(torch.softmax(s, -1).nan_to_num(0.0) @ v[keys], torch.logsumexp(s, -1))
              for keys in (slice(0, 6), slice(6, 10)) for s in [scores[:, keys]]]  # fmt: skip
-    out, lse = dpe._merge(*parts[0], *parts[1])
+    out, lse = dpe_kernel._merge(*parts[0], *parts[1])
     torch.testing.assert_close(out, torch.softmax(scores, -1) @ v, atol=1e-12, rtol=0)
     torch.testing.assert_close(lse, torch.logsumexp(scores, -1), atol=1e-12, rtol=0)
 
