@@ -38,7 +38,7 @@ def seed_values(table: Table, results: dict, row: str, col: Column) -> list:
         value = values.get(row, {}).get(col.key)
         if value is not None and col.relative_to is not None:
             ref = _number(values.get(col.relative_to, {}).get(col.key))
-            value = None if not ref or _number(value) is None else _number(value) / ref
+            value = {"text": "–"} if not ref or _number(value) is None else _number(value) / ref
         if value is not None:
             out.append(value)
     return out
@@ -164,11 +164,24 @@ def section(root: Path, table: Table) -> list[str]:
     lines += [*commands(table), ""]
     header = ["row", *[c.header for c in table.columns]]
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(table.columns)]
+    carried = False
     for row in table.rows:
         cells = [cell_text(table, results, row.label, c) for c in table.columns]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-    for source in results.get("sources", []):
-        lines += ["", f"Source: {source}"]
+        carried |= any(
+            not seed_values(table, results, row.label, c) and _carried(results, row.label, c) is not None
+            for c in table.columns
+        )
+    if results.get("measured"):
+        lines += [
+            "",
+            f"Measured by `longctx reproduce --only {table.id}` ({results.get('updated', 'date not recorded')}).",
+        ]
+    if carried:
+        lines += [
+            f"{'' if results.get('measured') else chr(10)}Cells not measured that way: {source}"
+            for source in results.get("sources", [])
+        ]
     if table.notes:
         lines += ["", table.notes.strip()]
     return [*lines, ""]
