@@ -92,9 +92,9 @@ def cell_text(table: Table, results: dict, row: str, col: Column) -> str:
 
 # ----- claims ----------------------------------------------------------------------------------
 def _side(table, results, col, labels, better):
-    """(label, mean, low, high) of the best of ``labels`` (by mean)."""
+    """(label, mean, low, high, seeds) of the best of ``labels`` (by mean)."""
     found = [(label, cell_range(table, results, label, col)) for label in labels]
-    found = [(label, *r[:3]) for label, r in found if r is not None]
+    found = [(label, *r) for label, r in found if r is not None]
     if not found:
         return None
     return (min if better == "lower" else max)(found, key=lambda x: x[1])
@@ -108,17 +108,23 @@ def verdict(table: Table, results: dict, claim: Claim) -> tuple[str, str]:
     if a is None or b is None:
         return "pending", "not measured yet"
     numbers = f"{a[0]} {a[1]:.{col.digits}f} vs {b[0]} {b[1]:.{col.digits}f} ({claim.column})"
+    seeds = min(a[4], b[4])
+    partial = (
+        f" (on {seeds} of {len(table.seeds)} seeds)"
+        if table.cell == "spread" and seeds < len(table.seeds)
+        else ""
+    )
     if claim.noise == "samples" and abs(a[1] - b[1]) <= NOISE_SAMPLES * 100.0 / (claim.samples or 1):
-        return f"**no difference beyond {NOISE_SAMPLES} samples**", numbers
+        return f"**no difference beyond {NOISE_SAMPLES} samples**{partial}", numbers
 
     def apart(x, y) -> bool:  # x better than y beyond both ranges
         return x[3] < y[2] if claim.better == "lower" else x[2] > y[3]
 
     if apart(a, b):
-        return "**holds**", numbers
+        return f"**holds**{partial}", numbers
     if apart(b, a):
-        return "**does not hold**", numbers
-    return "**no difference beyond the seed spread**", numbers
+        return f"**does not hold**{partial}", numbers
+    return f"**no difference beyond the seed spread**{partial}", numbers
 
 
 # ----- the document ----------------------------------------------------------------------------
