@@ -101,12 +101,12 @@ def test_cells_are_mean_and_half_range_over_seeds_and_claims_judge_the_ranges(tm
         **results,
         "measured": {"main": {s: v for s, v in results["measured"]["main"].items() if s != "1"}},
     }
-    assert verdict(table, apart, table.claims[0])[0] == "**holds**"
+    assert verdict(table, apart, table.claims[0])[0] == "**holds** (on 2 of 3 seeds)"
     assert cell_text(table, apart, "ours", ppl) == "10.25 ± 0.25 (n=2)"
     worse = table.model_copy(
         update={"claims": [table.claims[0].model_copy(update={"rows": ["yarn"], "against": ["ours"]})]}
     )
-    assert verdict(worse, apart, worse.claims[0])[0] == "**does not hold**"
+    assert verdict(worse, apart, worse.claims[0])[0] == "**does not hold** (on 2 of 3 seeds)"
     noisy = _table(claims=[{"text": "x", "column": "passkey % @64", "better": "higher", "rows": ["ours"],
                             "against": ["yarn"], "noise": "samples", "samples": 2}])  # fmt: skip
     assert (
