@@ -90,6 +90,8 @@ class Scorer:
             "model": model_fingerprint(model),
             "inputs": inputs_fingerprint(samples),
         }
+        self._length = max(len(s.input_ids) if isinstance(s, SyntheticSample) else len(s) for s in samples)
+        """The samples' longest row: the length the rotary fingerprint is taken at."""
         self.forwards = 0
         """Samples run through the model so far (cost accounting; early abandonment lowers it)."""
         self.abandoned = 0
@@ -113,8 +115,9 @@ class Scorer:
         """The measurement key of ``spec``'s score (see the module docstring)."""
         from longctx.eval.measure import MeasurementCache, rope_fingerprint
 
-        length = max(len(s.input_ids) if isinstance(s, SyntheticSample) else len(s) for s in self.samples)
-        return MeasurementCache.key(**self._identity, rope=rope_fingerprint(spec, length, self.factor_set))
+        return MeasurementCache.key(
+            **self._identity, rope=rope_fingerprint(spec, self._length, self.factor_set)
+        )
 
     def _score(self, spec: RopeSpec, cut: float | None) -> float:
         key = self.key(spec)

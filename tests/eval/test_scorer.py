@@ -134,3 +134,16 @@ def test_early_abandonment_stops_a_hopeless_candidate(model):
     assert hopeless > good / 10 and math.isfinite(hopeless)
     kept = build_scorer(model, rows)([_spec([40.0] * 8)], cut=good / 10)[0]  # no margin: no abandonment
     assert kept != hopeless or len(rows) == 1
+
+
+def test_the_model_fingerprint_is_remembered_until_a_weight_changes(model, monkeypatch):
+    from longctx.eval.measure import model_fingerprint
+
+    tuned = copy.deepcopy(model)
+    first = model_fingerprint(tuned)
+    calls, real = [], torch.linalg.vector_norm
+    monkeypatch.setattr(torch.linalg, "vector_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert model_fingerprint(tuned) == first and calls == []  # remembered: no pass over the weights
+    with torch.no_grad():
+        tuned.lm_head.weight.add_(1e-3)  # in place: the version counter moves
+    assert model_fingerprint(tuned) != first and calls
