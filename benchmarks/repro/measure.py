@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks.repro.spec import Column, Row, Table
+from benchmarks.repro.spec import Column, Table
 
 WITHIN = 0.01
 """``evals_to_best``: candidates scored until one is within this fraction of the best."""
@@ -107,6 +107,7 @@ def measure(table: Table, root: Path, variant: str, seed: int) -> dict[str, dict
     out = root / table.output_dir(variant, seed)
     searches = {r.stage: search_scores(out / r.stage) for r in table.rows if r.stage}
     best = min((min(s) for s in searches.values() if s), default=None)
+    runs = {stage: eval_runs(out, stage) for stage in {c.stage for c in table.columns}}  # read once
     values: dict[str, dict] = {}
     for row in table.rows:
         cols = [c for c in table.columns if (row.variant or c.variant) == variant]
@@ -114,14 +115,15 @@ def measure(table: Table, root: Path, variant: str, seed: int) -> dict[str, dict
             scores = searches[row.stage]
             cells = {c.key: scores and search_metric(scores, c.metric, best) for c in cols}
         else:
-            cells = {c.key: _cell(row, c, out) for c in cols}
+            cells = {c.key: _cell(runs[c.stage].get(row.run, {}), c) for c in cols}
         if any(v is not None for v in cells.values()):
             values[row.label] = {k: v for k, v in cells.items() if v is not None}
     return values
 
 
-def _cell(row: Row, col: Column, out: Path):
-    for tasks, rope in eval_runs(out, col.stage).get(row.run, {}).values():
+def _cell(stages: dict, col: Column):
+    """The column's value from the first eval stage of the run that measured it."""
+    for tasks, rope in stages.values():
         value = run_metric(tasks, rope, col.metric, col.length)
         if value is not None:
             return value

@@ -162,8 +162,7 @@ def commands(table: Table) -> list[str]:
     return lines
 
 
-def section(root: Path, table: Table) -> list[str]:
-    results = load_results(root, table)
+def section(root: Path, table: Table, results: dict) -> list[str]:
     lines = [f"## {table.title}", ""]
     if table.setup:
         lines += [render_setup(table.setup.strip(), recipe_view(root, table)), ""]
@@ -197,14 +196,15 @@ def document(root: Path, tables: list[Table], doc: str) -> str:
     mine = [t for t in tables if t.doc == doc]
     intro = root / "benchmarks" / "tables" / f"{Path(doc).stem}.intro.md"
     lines = [intro.read_text().strip(), ""] if intro.exists() else [f"# {Path(doc).stem}", ""]
+    results = {t.id: load_results(root, t) for t in mine}
     claims = [(t, c) for t in mine for c in t.claims]
     if claims:
         lines += ["## Summary: which claims hold at this scale", "", "| claim | table | at this scale | numbers |",
                   "|---|---|---|---|"]  # fmt: skip
         for t, c in claims:
-            v, numbers = verdict(t, load_results(root, t), c)
+            v, numbers = verdict(t, results[t.id], c)
             lines.append(f"| {c.text} | {t.id} | {v} | {numbers} |")
         lines.append("")
     for t in mine:
-        lines += section(root, t)
+        lines += section(root, t, results[t.id])
     return "\n".join(lines).rstrip() + "\n"
