@@ -71,7 +71,7 @@ def encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
-def _draw(rng: random.Random, kind: str, n: int, taken=()) -> list[str]:
+def draw_items(rng: random.Random, kind: str, n: int, taken=()) -> list[str]:
     """``n`` distinct keys or values of RULER's type ``kind``, none of them in ``taken``."""
     out: list[str] = []
     while len(out) < n:
@@ -139,7 +139,7 @@ def essay_haystack(tokenizer, n: int) -> list[int]:
 
 def _distractor(rng: random.Random, kind: str, taken, words) -> str:
     if kind != "words":
-        return _draw(rng, kind, 1, taken)[0]
+        return draw_items(rng, kind, 1, taken)[0]
     item = rng.choice(words)
     while item in taken:
         item = rng.choice(words)
@@ -187,8 +187,8 @@ def _insert_lines(lines: list[list[int]], needles: list[list[int]], depths) -> t
 def _niah(tokenizer, length, seed, depth, haystack_ids, *, task) -> SyntheticSample:
     cfg = NIAH_CONFIGS[task]
     rng = rng_for(task, seed)
-    keys = _draw(rng, cfg["key"], cfg["k"])
-    values = _draw(rng, cfg["value"], cfg["k"] * cfg["v"])
+    keys = draw_items(rng, cfg["key"], cfg["k"])
+    values = draw_items(rng, cfg["value"], cfg["k"] * cfg["v"])
     pairs = [(k, values[i * cfg["v"] + j]) for i, k in enumerate(keys) for j in range(cfg["v"])]
     line = "{}\n" if cfg["haystack"] == "needle" else " {}"
     needles = [encode(tokenizer, line.format(needle_text(cfg["value"], k, v))) for k, v in pairs]

@@ -125,24 +125,18 @@ passkey prompt (values: 5 or 7 digits, or a uuid)."""
 def kv_recall_document(tokenizer, length: int, seed: int) -> list[int]:
     """A dense retrieval document of at most ``length`` tokens: up to 8 needles (a word key, a
     value; as many as fit in 60 % of it), then questions about some of them in another order,
-    each answered — many retrievals per
-    document where a passkey or niah sample has one (training only)."""
-    import uuid
-
+    each answered — many retrievals per document where a passkey or niah sample has one
+    (training only)."""
     from longctx.data.haystack import bos_ids, encode
     from longctx.data.needle import draw_keys, draw_values
-    from longctx.data.ruler_niah import encode_many
+    from longctx.data.ruler_niah import draw_items, encode_many
 
     rng = random.Random(f"kv_recall:{seed}")
     needle, question = rng.choice(KV_FORMATS)
     n = rng.randint(2, 8)
     keys = draw_keys(rng, n)
     kind = rng.choice(["5", "7", "uuid"])
-    values = (
-        [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in keys]
-        if kind == "uuid"
-        else draw_values(rng, n, digits=int(kind))
-    )
+    values = draw_items(rng, "uuids", n) if kind == "uuid" else draw_values(rng, n, digits=int(kind))
     lines = encode_many(tokenizer, [" " + needle.format(key=k, value=v) for k, v in zip(keys, values)])
     ids = bos_ids(tokenizer)
     for i, line in enumerate(lines):  # needles while they leave room for questions (≥ 1 needle)
