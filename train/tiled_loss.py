@@ -121,10 +121,9 @@ def tiled_loss_sum(
     teacher_h = (
         teacher.hidden.reshape(-1, teacher.hidden.shape[-1]).chunk(shards) if teacher else [None] * shards
     )
-    extra = (teacher.head, teacher.weight) if teacher else (None, 0.0)
     total = hidden.new_zeros((), dtype=torch.float32)
     for h, y, t in zip(torch.chunk(flat_h, shards), torch.chunk(flat_y, shards), teacher_h):
-        args = (head, h, y) if teacher is None else (head, h, y, extra[0], t, extra[1])
+        args = (head, h, y) if teacher is None else (head, h, y, teacher.head, t, teacher.weight)
         if torch.is_grad_enabled() and h.requires_grad:
             total = total + checkpoint(_slice_loss, *args, use_reentrant=False)
         else:
