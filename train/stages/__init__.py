@@ -23,14 +23,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Protocol, get_type_hints, runtime_checkable
+from typing import Any, Protocol, get_type_hints
 
 from longctx.train.schema import Strict
 from longctx.train.stages import eval as eval_stage
 from longctx.train.stages import export, finetune, pretrain, readjust, search
 
 
-@runtime_checkable
 class StageKind(Protocol):
     """What a stage kind module provides (see the module docstring)."""
 
